@@ -1,0 +1,85 @@
+"""The seam between a session and a speech model: a stream handle and its transcript events.
+
+A session opens one `StreamHandle` per run of audio with fixed settings, feeds it 16 kHz mono
+float32 samples, marks segment ends with `commit()`, and reads transcript events by async
+iteration. Segments are numbered from 0 within a handle; every event names its segment.
+
+The transcript contract: for one segment, the `stable` text of successive `Partial`s only grows
+(each extends the previous one), and the `Final` text extends the last stable text. `unstable` is
+the tail that may still change. Sessions enforce this on the wire even when a model slips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    language: str | None = None  # ISO code or name; None = detect
+    prompt: str | None = None  # context text: names, jargon, hotwords
+
+
+@dataclass(frozen=True)
+class Partial:
+    segment: int
+    stable: str  # never changes again
+    unstable: str  # may still change
+    revision: int  # counts updates within the segment, from 1
+    end_sample: int  # handle-stream sample up to which this update has heard the audio
+
+
+@dataclass(frozen=True)
+class Final:
+    segment: int
+    text: str
+    language: str | None = None  # as detected or forced
+
+
+@dataclass(frozen=True)
+class SegmentFailed:
+    segment: int
+    message: str
+
+
+TranscriptEvent = Partial | Final | SegmentFailed
+
+
+class StreamHandle(Protocol):
+    """One stream of audio into a model. Called from the event loop only."""
+
+    def feed(self, samples: np.ndarray) -> None:
+        """Append 16 kHz mono float32 samples to the open segment (opening one if none is)."""
+
+    def commit(self) -> None:
+        """End the open segment: its `Final` (or `SegmentFailed`) follows."""
+
+    def clear(self) -> None:
+        """Drop the open segment's audio; no `Final` comes for it and its number is not reused."""
+
+    def finish(self) -> None:
+        """No more audio: commit what is open; iteration ends after the last event."""
+
+    def cancel(self) -> None:
+        """Stop at once and free the model's resources; iteration ends."""
+
+    @property
+    def consumed_samples(self) -> int:
+        """Samples fed so far that the model has already heard (drives lag accounting)."""
+
+    def __aiter__(self) -> AsyncIterator[TranscriptEvent]: ...
+
+
+class AsrModel(Protocol):
+    """A served speech model: opens streams."""
+
+    name: str
+    kind: Literal["asr"]
+
+    def open_stream(self, options: StreamOptions) -> StreamHandle: ...

@@ -1,0 +1,7 @@
+"""`python -m rtserve` = the `rtserve` command."""
+
+import sys
+
+from rtserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+"""`rtserve` command line: `rtserve serve` runs the server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import get_args
+
+from engine.loader import ModelLoadError, default_spec, load, parse_spec
+from rtserve.config import Limits, PerformanceMode, ServerConfig
+
+
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    d = Limits()
+    g = p.add_argument_group("limits (README.md, Limits)")
+    g.add_argument(
+        "--max-sessions",
+        type=int,
+        default=d.max_sessions,
+        help="concurrent WebSocket sessions (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=d.max_frame_bytes,
+        help="largest WebSocket message in bytes (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-buffered-seconds",
+        type=float,
+        default=d.max_buffered_seconds,
+        help="audio a session may have waiting for the model (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-session-seconds",
+        type=float,
+        default=d.max_session_seconds,
+        help="wall-clock length of a session (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-segment-seconds",
+        type=float,
+        default=d.max_segment_seconds,
+        help="longest segment before the server commits it (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-lag-ms",
+        type=int,
+        default=d.max_lag_ms,
+        help="how far the model may trail live audio (default %(default)s)",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rtserve", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="PATH|HUB_ID|NAME=PATH",
+        help="a model to serve (repeatable); default: the embedded model",
+    )
+    s.add_argument("--api-key", default=None, help="require this key on every endpoint")
+    s.add_argument("--performance-mode", choices=get_args(PerformanceMode), default="balanced")
+    s.add_argument("--log-level", default="info")
+    _limit_flags(s)
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> ServerConfig:
+    limits = Limits(
+        max_sessions=a.max_sessions,
+        max_frame_bytes=a.max_frame_bytes,
+        max_buffered_seconds=a.max_buffered_seconds,
+        max_session_seconds=a.max_session_seconds,
+        max_segment_seconds=a.max_segment_seconds,
+        max_lag_ms=a.max_lag_ms,
+    )
+    return ServerConfig(
+        host=a.host,
+        port=a.port,
+        models=tuple(a.model),
+        api_key=a.api_key,
+        performance_mode=a.performance_mode,
+        limits=limits,
+    )
+
+
+def load_models(config: ServerConfig) -> dict:
+    specs = [parse_spec(m) for m in config.models] or [default_spec()]
+    models = {}
+    for spec in specs:
+        if spec.served_name in models:
+            raise ModelLoadError(f"two models are named {spec.served_name!r}: use NAME=PATH")
+        models[spec.served_name] = load(spec, performance_mode=config.performance_mode)
+    return models
+
+
+def serve(config: ServerConfig, log_level: str) -> int:
+    import uvicorn
+
+    from rtserve.app import build_app
+    from rtserve.server import Server
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        models = load_models(config)
+    except ModelLoadError as e:
+        hint = "" if config.models else " (no --model given, so the embedded default was tried)"
+        print(f"rtserve: cannot start: {e}{hint}", file=sys.stderr)
+        return 2
+    app = build_app(Server(config, models))
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        ws_max_size=config.limits.max_frame_bytes,
+        log_level=log_level,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    if a.command == "serve":
+        return serve(config_from_args(a), a.log_level)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

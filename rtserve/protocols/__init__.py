@@ -1,0 +1,1 @@
+"""Wire protocols: each maps its messages onto a `TranscriptionSession` and back."""
