@@ -30,7 +30,11 @@ CODECS = (*RAW_CODECS, *CONTAINERS)
 
 
 class AudioInput:
-    """One client's audio stream. Raw codecs need `rate`; containers carry their own."""
+    """One client's audio stream. Raw codecs need `rate`; containers carry their own.
+
+    Container decoding may block briefly (see `StreamDecoder`): when `blocking` is true, call
+    `push` and `close` off an event loop.
+    """
 
     def __init__(self, codec: str, rate: int | None = None) -> None:
         if codec not in CODECS:
@@ -47,6 +51,10 @@ class AudioInput:
         self._container = None if self._raw else StreamDecoder(codec)
         self._resampler = StreamResampler(rate, TARGET_RATE) if rate else None
 
+    @property
+    def blocking(self) -> bool:
+        return self._container is not None
+
     def push(self, data: bytes) -> np.ndarray:
         """Decode a chunk; returns the 16 kHz samples it completes (maybe none)."""
         if self._raw:
@@ -59,6 +67,11 @@ class AudioInput:
         if self._resampler is None:
             return tail
         return np.concatenate([tail, self._resampler.flush()])
+
+    def abort(self) -> None:
+        """Drop the stream (ends a container decoder's worker thread)."""
+        if self._container is not None:
+            self._container.abort()
 
     def _resample(self, x: np.ndarray) -> np.ndarray:
         if self._resampler is None:

@@ -63,7 +63,9 @@ def resolve(source: str) -> Path:
     try:
         return Path(snapshot_download(source))
     except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
-        raise ModelLoadError(f"{source}: not a local folder, and the hub download failed: {e}")
+        raise ModelLoadError(
+            f"{source}: not a local folder, and the hub download failed: {e}"
+        ) from None
 
 
 def describe(path: Path) -> str:

@@ -75,6 +75,7 @@ class Connection(ABC):
             self._outbox.put_nowait(event)
         except asyncio.QueueFull:
             log.warning("%s client stopped reading; dropping it", self.protocol)
+            self.server.metrics.sessions_dropped.labels("not_reading").inc()
             self.end(CLOSE_POLICY, "client is not reading its events")
 
     def error(self, code: str, message: str, **extra: Any) -> None:
@@ -191,6 +192,7 @@ class Connection(ABC):
                     "session_expired",
                     f"Your session hit the maximum duration of {limit:g} seconds.",
                 )
+                self.server.metrics.sessions_dropped.labels("expired").inc()
                 self.end(CLOSE_GOING_AWAY, "session expired")
                 return
             if self.session is not None:

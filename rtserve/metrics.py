@@ -22,6 +22,9 @@ class Metrics:
         self.sessions_refused = Counter(
             "rtserve_sessions_refused", "Sessions refused", ["reason"], registry=r
         )
+        self.sessions_dropped = Counter(
+            "rtserve_sessions_dropped", "Sessions the server ended", ["reason"], registry=r
+        )
         self.audio_seconds = Counter(
             "rtserve_audio_seconds", "Seconds of audio received", ["model"], registry=r
         )

@@ -240,6 +240,7 @@ class TranscriptionSession:
     def update(self, settings: Settings) -> None:
         """New settings. Format and VAD apply now; model, language and prompt at the next turn."""
         if settings.input != self.settings.input:
+            self._input.abort()
             self._input = AudioInput(settings.input.codec, settings.input.rate)
         if settings.vad != self.settings.vad:
             if settings.vad is not None and self._endpointer is not None:
@@ -249,12 +250,8 @@ class TranscriptionSession:
                 self._make_endpointer(settings.vad)
         self.settings = settings
 
-    def append(self, data: bytes) -> None:
-        try:
-            x = self._input.push(data)
-        except AudioFormatError as e:
-            raise SessionError("invalid_audio", str(e)) from None
-        self._receive(x)
+    async def append(self, data: bytes) -> None:
+        self._receive(await self._decode(self._input.push, data))
 
     def commit(self) -> int:
         seg = self._open
@@ -279,11 +276,7 @@ class TranscriptionSession:
 
     async def finish(self) -> None:
         """End of audio: flush the decoder, commit what is open, wait for the last finals."""
-        try:
-            tail = self._input.close()
-        except AudioFormatError as e:
-            raise SessionError("invalid_audio", str(e)) from None
-        self._receive(tail)
+        self._receive(await self._decode(self._input.close))
         if self._open is not None and self._open.fed > 0:
             self._end_turn(ms(self._received))
         streams = list(self._streams)
@@ -293,6 +286,7 @@ class TranscriptionSession:
 
     def close(self) -> None:
         """The client is gone: stop all model work now."""
+        self._input.abort()
         for s in self._streams:
             s.handle.cancel()
             if s.task:
@@ -317,6 +311,15 @@ class TranscriptionSession:
 
     # ---- the audio path ----
 
+    async def _decode(self, step, *args) -> np.ndarray:
+        """Run a decoder step; container decoders block, so they run off the event loop."""
+        try:
+            if self._input.blocking:
+                return await asyncio.to_thread(step, *args)
+            return step(*args)
+        except AudioFormatError as e:
+            raise SessionError("invalid_audio", str(e)) from None
+
     def _make_endpointer(self, vad: VadConfig | None) -> None:
         self._vad_origin = self._received
         self._endpointer = None if vad is None else Endpointer(vad)
@@ -330,11 +333,12 @@ class TranscriptionSession:
         if self._endpointer is None:
             self._feed(x, start)
             return
-        keep = samples(VAD_LOOKBACK_MS)
-        self._lookback = np.concatenate([self._lookback, x])[-keep:]
+        # the lookback holds this chunk and the VAD_LOOKBACK_MS before it
+        self._lookback = np.concatenate([self._lookback, x])[-(samples(VAD_LOOKBACK_MS) + x.size) :]
+        oldest = self._received - self._lookback.size
         for ev in self._endpointer.push(x):
             if isinstance(ev, SpeechStarted) and not self._speaking:
-                at = max(self._vad_origin + samples(ev.audio_start_ms), self._received - keep)
+                at = max(self._vad_origin + samples(ev.audio_start_ms), oldest)
                 self._speaking = True
                 self._fed_until = at
                 seg = self._open or self._open_segment(at)

@@ -73,7 +73,7 @@ class NativeConnection(Connection):
         except Exception as e:
             raise SessionError("invalid_msgpack", f"the frame is not msgpack: {e}") from None
         if isinstance(msg, bytes):
-            self._live().append(msg)
+            await self._live().append(msg)
             return
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             raise SessionError("invalid_message", "a message is a map with a string `type`")

@@ -158,7 +158,7 @@ class RealtimeConnection(Connection):
     async def on_message(self, text: str | None, data: bytes | None) -> None:
         self.client_event_id = None
         if data is not None:
-            self.session.append(data)
+            await self.session.append(data)
             return
         try:
             event = json.loads(text)
@@ -178,9 +178,9 @@ class RealtimeConnection(Connection):
                 + (" in a transcription session" if kind else ""),
                 "type",
             )
-        handler(self, event)
+        await handler(self, event)
 
-    def on_session_update(self, event: dict) -> None:
+    async def on_session_update(self, event: dict) -> None:
         session = _object(event.get("session"), "session")
         if session.get("type", "transcription") != "transcription":
             raise SessionError(
@@ -211,7 +211,7 @@ class RealtimeConnection(Connection):
         self.session.update(settings)
         self.send({"type": "session.updated", "session": self.session_object()})
 
-    def on_transcription_session_update(self, event: dict) -> None:
+    async def on_transcription_session_update(self, event: dict) -> None:
         session = _object(event.get("session"), "session")
         settings = self.session.settings
         if "input_audio_format" in session:
@@ -259,7 +259,7 @@ class RealtimeConnection(Connection):
         )
         return replace(settings, options=options)
 
-    def on_append(self, event: dict) -> None:
+    async def on_append(self, event: dict) -> None:
         audio = event.get("audio")
         if not isinstance(audio, str):
             raise SessionError("invalid_value", "`audio` must be a base64 string", "audio")
@@ -267,12 +267,12 @@ class RealtimeConnection(Connection):
             data = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
             raise SessionError("invalid_base64", "`audio` is not valid base64", "audio") from None
-        self.session.append(data)
+        await self.session.append(data)
 
-    def on_commit(self, event: dict) -> None:
+    async def on_commit(self, event: dict) -> None:
         self.session.commit()
 
-    def on_clear(self, event: dict) -> None:
+    async def on_clear(self, event: dict) -> None:
         self.session.clear()
 
     # ---- session events -> wire ----
