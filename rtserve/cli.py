@@ -1,10 +1,11 @@
-"""`rtserve` command line: `rtserve serve` runs the server."""
+"""`rtserve` command line: `rtserve serve` runs the server, `rtserve bench` measures it."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import get_args
 
 from engine.loader import ModelLoadError, default_spec, load, parse_spec
@@ -69,7 +70,46 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--performance-mode", choices=get_args(PerformanceMode), default="balanced")
     s.add_argument("--log-level", default="info")
     _limit_flags(s)
+    b = sub.add_parser("bench", help="benchmarks (results: README, docs/benchmarks.md)")
+    work = b.add_subparsers(dest="workload", required=True)
+    c = work.add_parser("chat", help="decode tokens/s and time to first token vs transformers")
+    c.add_argument("--shape", default="qwen3-0.6b", help="random weights shaped like this model")
+    c.add_argument("--model", type=Path, default=None, help="a checkpoint folder instead")
+    c.add_argument("--batch-sizes", type=_ints, default=(1, 64, 256))
+    c.add_argument("--prompt-len", type=int, default=128)
+    c.add_argument("--output-len", type=int, default=128)
+    c.add_argument("--ttft-lens", type=_ints, default=(1024, 8192))
+    c.add_argument("--no-baseline", action="store_true", help="skip transformers")
+    c.add_argument("--device", default=None)
+    c.add_argument("--dtype", default=None)
+    c.add_argument("--out", type=Path, default=Path("bench/results"))
     return p
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def bench(a: argparse.Namespace) -> int:
+    from engine.bench import chat
+
+    b = chat.ChatBench(
+        shape=None if a.model else a.shape,
+        model=a.model,
+        batch_sizes=a.batch_sizes,
+        prompt_len=a.prompt_len,
+        output_len=a.output_len,
+        ttft_lens=a.ttft_lens,
+        baseline=not a.no_baseline,
+    )
+    if a.device:
+        b.device = a.device
+    if a.dtype:
+        b.dtype = a.dtype
+    result = chat.run(b)
+    name = f"chat-{a.model.name if a.model else a.shape}"
+    print(chat.summarize(result, a.out, name))
+    return 0
 
 
 def config_from_args(a: argparse.Namespace) -> ServerConfig:
@@ -129,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     if a.command == "serve":
         return serve(config_from_args(a), a.log_level)
-    return 1
+    return bench(a)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 import websockets
 
 from tests.clients import RealtimeClient, pcm16
-from tests.conftest import make_server, running
+from tests.server import make_server, running
 from tests.tone_asr import tone_audio
 
 KEY = "sk-test-123"

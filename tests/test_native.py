@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from tests.clients import NativeClient, at_rate, pcm16
-from tests.conftest import make_server, running
+from tests.server import make_server, running
 from tests.tone_asr import tone_audio
 
 pytestmark = pytest.mark.anyio

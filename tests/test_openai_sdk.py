@@ -9,7 +9,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.clients import at_rate, pcm16
-from tests.conftest import make_server, running
+from tests.server import make_server, running
 from tests.test_realtime import silence, speech
 from tests.tone_asr import tone_audio
 

@@ -14,7 +14,7 @@ import soundfile as sf
 import websockets
 
 from tests.clients import RealtimeClient, alaw, at_rate, pcm16, ulaw
-from tests.conftest import make_server, running
+from tests.server import make_server, running
 from tests.tone_asr import ToneAsr, tone_audio
 
 pytestmark = pytest.mark.anyio

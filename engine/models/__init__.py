@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,4 +17,19 @@ class Family:
     load: Callable[..., Any]  # (path, served_name, **engine_options) -> served model
 
 
-FAMILIES: list[Family] = []
+def model_type(path: Path) -> str | None:
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def _load_qwen3(path: Path, name: str, **options: Any) -> Any:
+    from engine.chat import load_qwen3
+
+    return load_qwen3(path, name, **options)
+
+
+FAMILIES: list[Family] = [
+    Family("qwen3", lambda p: model_type(p) == "qwen3", _load_qwen3),
+]

@@ -1,0 +1,37 @@
+"""Engine settings: KV cache geometry, the per-step token budget, and the performance modes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    block_size: int = 16  # tokens per KV block
+    num_blocks: int | None = (
+        None  # None: sized from memory (kv_cache_fraction / cpu_kv_cache_bytes)
+    )
+    kv_cache_fraction: float = 0.85  # of the GPU memory free after loading weights
+    cpu_kv_cache_bytes: int = 256 << 20
+    max_num_batched_tokens: int = 8192  # the token budget of one step
+    max_num_seqs: int = 256  # requests running at once
+    max_prefill_chunk: int = 2048  # most prompt tokens one request computes in one step
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    enable_prefix_caching: bool = True
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype: torch.dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    attention_backend: str | None = None  # None: the best available
+
+    @classmethod
+    def for_mode(cls, mode: str, **overrides) -> EngineConfig:
+        """`--performance-mode`: small steps for latency, big ones for throughput."""
+        modes = {
+            "interactivity": dict(max_num_batched_tokens=2048, max_prefill_chunk=512),
+            "balanced": dict(max_num_batched_tokens=8192, max_prefill_chunk=2048),
+            "throughput": dict(max_num_batched_tokens=16384, max_prefill_chunk=8192),
+        }
+        if mode not in modes:
+            raise ValueError(f"unknown performance mode {mode!r}; one of {sorted(modes)}")
+        return replace(cls(**modes[mode]), **overrides)

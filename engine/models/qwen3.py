@@ -1,0 +1,154 @@
+"""Qwen3 dense decoder (the chat models, and the decoder inside Qwen3-ASR).
+
+Per layer: RMSNorm -> attention (GQA; per-head RMSNorm on q and k before RoPE) -> residual ->
+RMSNorm -> SwiGLU MLP -> residual. Input embeddings may be injected at given positions (audio or
+image features at placeholder tokens). Parameter names follow the Hugging Face checkpoints, so
+their state dicts load as they are. Works on a flat batch of T tokens from many sequences; the
+KV cache is paged (kernels/attention.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.models.layers import GatedMLP, RMSNorm, Rotary
+from kernels.attention import AttentionBackend, AttentionMetadata, store_kv
+
+
+@dataclass(frozen=True)
+class Qwen3Config:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 40960
+    tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Qwen3Config:
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+            raise ValueError(f"rope scaling {rope!r} is not supported")
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=d["num_attention_heads"],
+            num_key_value_heads=d.get("num_key_value_heads", d["num_attention_heads"]),
+            head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", d.get("rope_theta", 1_000_000.0)),
+            max_position_embeddings=d.get("max_position_embeddings", 40960),
+            tie_word_embeddings=d.get("tie_word_embeddings", False),
+        )
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Qwen3Config, rotary: Rotary, attn: AttentionBackend) -> None:
+        super().__init__()
+        self.h, self.h_kv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.h * self.d, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.h_kv * self.d, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.h_kv * self.d, bias=False)
+        self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
+        self.rotary = rotary
+        self.attn = attn
+        self.scale = self.d**-0.5
+
+    def forward(self, x, positions, kv, meta: AttentionMetadata) -> torch.Tensor:
+        T = x.shape[0]
+        q = self.q_norm(self.q_proj(x).view(T, self.h, self.d))
+        k = self.k_norm(self.k_proj(x).view(T, self.h_kv, self.d))
+        v = self.v_proj(x).view(T, self.h_kv, self.d)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        k_cache, v_cache = kv
+        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        o = self.attn(q, k_cache, v_cache, meta, self.scale)  # (T, H, D)
+        return self.o_proj(o.reshape(T, self.h * self.d))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: Qwen3Config, rotary: Rotary, attn: AttentionBackend) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, rotary, attn)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x, positions, kv, meta) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, kv, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen3Model(nn.Module):
+    def __init__(self, cfg: Qwen3Config, attn: AttentionBackend) -> None:
+        super().__init__()
+        rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, rotary, attn) for _ in range(cfg.num_hidden_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Qwen3ForCausalLM(nn.Module):
+    def __init__(self, cfg: Qwen3Config, attn: AttentionBackend) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen3Model(cfg, attn)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (T,)
+        positions: torch.Tensor,  # (T,)
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        meta: AttentionMetadata,
+        embeds: tuple[torch.Tensor, torch.Tensor] | None = None,  # (rows (K,), values (K, hidden))
+    ) -> torch.Tensor:  # (T, hidden)
+        x = self.model.embed_tokens(input_ids)
+        if embeds is not None:
+            rows, values = embeds
+            x = x.index_copy(0, rows, values.to(x.dtype))
+        for layer, kv in zip(self.model.layers, kv_caches, strict=True):
+            x = layer(x, positions, kv, meta)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Hugging Face names as they are; a stored lm_head of a tied model is ignored."""
+        if self.config.tie_word_embeddings:
+            weights = {k: v for k, v in weights.items() if k != "lm_head.weight"}
+        elif "lm_head.weight" not in weights:
+            raise ValueError("the config says untied embeddings, but lm_head.weight is missing")
+        expected = dict(self.named_parameters())
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"weights do not match Qwen3: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        with torch.no_grad():
+            for name, p in expected.items():
+                w = weights[name]
+                if w.shape != p.shape:
+                    raise ValueError(
+                        f"{name}: checkpoint shape {tuple(w.shape)} != {tuple(p.shape)}"
+                    )
+                p.copy_(w)
