@@ -22,7 +22,7 @@ test: install
 
 # For a GPU host whose image already has torch: no .venv, the machine's own interpreter.
 test-gpu:
-	$(PY) -m pytest -m gpu -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest -m gpu -p no:cacheprovider tests/gpu $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

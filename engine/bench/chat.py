@@ -112,6 +112,7 @@ def run(b: ChatBench) -> dict[str, Any]:
         steps += [("transformers-ttft", n) for n in b.ttft_lens]
     rows: list[dict[str, Any]] = []
     _warm_up(engine, hf, b, cfg.vocab_size)
+    same_model = _logit_gap(engine, hf, cfg.vocab_size) if hf is not None else None
     for i, (who, n) in enumerate(steps):
         report.progress(i, len(steps), f"{who} {n}")
         g = torch.Generator().manual_seed(b.seed + n)
@@ -129,6 +130,9 @@ def run(b: ChatBench) -> dict[str, Any]:
         "hardware": report.hardware(),
         "torch": torch.__version__,
         "attention_backend": engine.runner.model.model.layers[0].self_attn.attn.name,
+        # max |logit difference| / logit std between the two engines on one prompt: the same
+        # model (dtype rounding only) when small
+        "logit_gap_vs_transformers": same_model,
         "settings": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in asdict(b).items()
@@ -175,10 +179,11 @@ def _hf_model(cfg_dict: dict[str, Any], dtype, device):
             "the baseline needs transformers (pip install 'rtserve[bench]'), or pass --no-baseline"
         ) from e
     config = transformers.Qwen3Config(**cfg_dict)
-    model = transformers.Qwen3ForCausalLM._from_config(
-        config, torch_dtype=dtype, attn_implementation="sdpa"
-    )
-    return model.to(device).eval()
+    with torch.device(device):  # random init on the GPU: seconds, not minutes
+        model = transformers.Qwen3ForCausalLM._from_config(
+            config, dtype=dtype, attn_implementation="sdpa"
+        )
+    return model.eval()
 
 
 def _prompts(n: int, length: int, vocab: int, g: torch.Generator) -> list[list[int]]:
@@ -199,6 +204,17 @@ def _warm_up(engine: Engine, hf, b: ChatBench, vocab: int) -> None:
     engine.generate(_prompts(2, 16, vocab, g), _greedy(4))
     if hf is not None:
         _hf_decode(hf, _prompts(2, 16, vocab, g), ChatBench(output_len=4, device=b.device))
+
+
+@torch.inference_mode()
+def _logit_gap(engine: Engine, hf, vocab: int) -> float:
+    ids = _prompts(1, 64, vocab, torch.Generator().manual_seed(2))[0]
+    ref = hf(torch.tensor([ids], device=engine.config.device)).logits[0, -1].float()
+    req = engine.add(ids, _greedy(1))
+    batch = engine.scheduler.schedule()
+    logits, _ = engine.runner.run(batch)
+    engine.abort(req.id)
+    return float((logits[0] - ref).abs().max() / ref.std())
 
 
 def _ours_decode(engine: Engine, prompts: list[list[int]], b: ChatBench) -> dict[str, Any]:
