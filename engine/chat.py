@@ -28,7 +28,7 @@ def build_qwen3(path: Path, config: EngineConfig) -> Engine:
     torch.set_default_dtype(config.dtype)  # build in the serving dtype: no float32 detour
     try:
         with torch.device(config.device):
-            model = Qwen3ForCausalLM(cfg, backend(config.attention_backend))
+            model = Qwen3ForCausalLM(cfg, backend(config.attention_backend, config.device))
     finally:
         torch.set_default_dtype(default)
     model.load_weights(load_safetensors(path, device=config.device))

@@ -11,7 +11,7 @@ tested against.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -27,6 +27,22 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # (T,) int64: flat cache slot of each new token
     max_seqlen_q: int
     max_seqlen_k: int
+    # tensors a backend derives once per step and reuses in every layer
+    derived: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def kv_gather(self, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cache slots of every KV token of every sequence, concatenated, and their cu_seqlens."""
+        if "kv_slots" not in self.derived:
+            lens = self.seqused_k.long()
+            cu_k = torch.zeros(lens.numel() + 1, dtype=torch.int32, device=lens.device)
+            cu_k[1:] = lens.cumsum(0)
+            total = int(cu_k[-1])
+            seq = torch.repeat_interleave(torch.arange(lens.numel(), device=lens.device), lens)
+            pos = torch.arange(total, device=lens.device) - cu_k[seq]
+            blocks = self.block_tables[seq, pos // block_size].long()
+            self.derived["kv_slots"] = blocks * block_size + pos % block_size
+            self.derived["cu_seqlens_k"] = cu_k
+        return self.derived["kv_slots"], self.derived["cu_seqlens_k"]
 
     @property
     def is_decode(self) -> bool:
@@ -59,12 +75,13 @@ def store_kv(
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
 
 
-def backend(name: str | None = None) -> AttentionBackend:
-    """The backend called `name`, or the best one available here."""
+def backend(name: str | None = None, device: str = "cpu") -> AttentionBackend:
+    """The backend called `name`, or the best one available on `device`."""
     from kernels.sdpa import SdpaAttention
+    from kernels.varlen import VarlenAttention
 
-    backends = {"sdpa": SdpaAttention}
-    name = name or "sdpa"
+    backends = {"sdpa": SdpaAttention, "torch-varlen": VarlenAttention}
+    name = name or ("torch-varlen" if str(device).startswith("cuda") else "sdpa")
     if name not in backends:
         raise ValueError(f"unknown attention backend {name!r}; available: {sorted(backends)}")
     chosen = backends[name]()

@@ -41,14 +41,16 @@ class SdpaAttention:
             k = gather_kv(k_cache, meta.block_tables[b], length)  # (L, H_kv, D)
             v = gather_kv(v_cache, meta.block_tables[b], length)
             n = hi - lo
-            # query i sits at position length - n + i and sees keys 0..that position
-            qpos = torch.arange(length - n, length, device=q.device)[:, None]
-            mask = torch.arange(length, device=q.device)[None, :] <= qpos  # (n, L)
+            mask = None  # a whole prompt: plain causal, which lets SDPA pick a flash kernel
+            if n != length:  # query i sits at position length - n + i, sees keys up to there
+                qpos = torch.arange(length - n, length, device=q.device)[:, None]
+                mask = torch.arange(length, device=q.device)[None, :] <= qpos  # (n, L)
             o = F.scaled_dot_product_attention(
                 q[lo:hi].transpose(0, 1),  # (H, n, D)
                 k.transpose(0, 1).to(q.dtype),
                 v.transpose(0, 1).to(q.dtype),
                 attn_mask=mask,
+                is_causal=mask is None,
                 scale=scale,
                 enable_gqa=True,
             )

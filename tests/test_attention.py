@@ -73,3 +73,11 @@ def test_sdpa_paged_matches_dense(seq_lens, new_lens):
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown attention backend"):
         backend("nope")
+
+
+def test_kv_gather_lists_every_sequence_in_order():
+    _, k_cache, _, meta, _, ks, _ = paged_case([7, 13, 1, 22], [7, 5, 1, 3])
+    slots, cu_k = meta.kv_gather(k_cache.shape[1])
+    assert cu_k.tolist() == [0, 7, 20, 21, 43]
+    gathered = k_cache.view(-1, *k_cache.shape[2:])[slots]
+    torch.testing.assert_close(gathered, torch.cat(ks))

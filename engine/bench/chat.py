@@ -147,7 +147,7 @@ def _engine(cfg, weights, dtype, b: ChatBench, num_blocks: int) -> Engine:
     torch.set_default_dtype(dtype)
     try:
         with torch.device(b.device):
-            model = Qwen3ForCausalLM(cfg, backend())
+            model = Qwen3ForCausalLM(cfg, backend(None, b.device))
     finally:
         torch.set_default_dtype(default)
     model.load_weights(weights)
@@ -167,7 +167,7 @@ def _engine(cfg, weights, dtype, b: ChatBench, num_blocks: int) -> Engine:
 
 def _random_weights(cfg: Qwen3Config, dtype, device) -> dict[str, torch.Tensor]:
     with torch.device(device):
-        model = Qwen3ForCausalLM(cfg, backend()).to(dtype)
+        model = Qwen3ForCausalLM(cfg, backend(None, device)).to(dtype)
     return dict(model.state_dict())
 
 

@@ -71,6 +71,31 @@ def test_paged_sdpa_on_cuda(seq_lens, new_lens):
     torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("name", ["sdpa", "torch-varlen"])
+def test_paged_backends_in_bfloat16(name):
+    from kernels.attention import backend
+
+    q, k_cache, v_cache, meta, qs, ks, vs = paged_case(
+        [300, 17, 4, 64, 129], [300, 1, 4, 1, 40], block_size=16, h=8, h_kv=2, d=128
+    )
+    dev, bf = torch.device("cuda"), torch.bfloat16
+    meta.cu_seqlens_q, meta.seqused_k = meta.cu_seqlens_q.to(dev), meta.seqused_k.to(dev)
+    meta.block_tables, meta.slot_mapping = meta.block_tables.to(dev), meta.slot_mapping.to(dev)
+    out = backend(name, "cuda")(
+        q.to(dev, bf), k_cache.to(dev, bf), v_cache.to(dev, bf), meta, 128**-0.5
+    )
+    want = torch.cat(
+        [dense_attention(a, b, c, 128**-0.5) for a, b, c in zip(qs, ks, vs, strict=True)]
+    )
+    torch.testing.assert_close(out.float().cpu(), want, atol=3e-2, rtol=3e-2)
+
+
+def test_cuda_picks_the_varlen_backend():
+    from kernels.attention import backend
+
+    assert backend(None, "cuda").name == "torch-varlen"
+
+
 def test_transformers_does_not_mistake_our_kernels_package():
     from transformers.utils.import_utils import is_kernels_available
 
