@@ -120,6 +120,36 @@ class Engine:
             if e.start < 0 or e.end > n:
                 raise RequestError("injected embeddings must lie inside the prompt")
 
+    def fork(self, request_id: str, params: SamplingParams, child_id: str | None = None) -> Request:
+        """A running request's twin (beam search, n > 1): it shares every KV block by reference;
+        the first write to a shared block copies it (copy-on-write), so neither sees the other's
+        tokens. The child continues from the parent's tokens with its own sampling."""
+        parent = self.requests.get(request_id)
+        if parent is None or parent not in self.scheduler.running:
+            raise RequestError(f"request {request_id!r} is not running")
+        child = Request(
+            child_id or uuid.uuid4().hex,
+            list(parent.prompt_ids),
+            params,
+            parent.priority,
+            list(parent.embeds),
+            output_ids=list(parent.output_ids),
+            num_computed_tokens=parent.num_computed_tokens,
+            num_cached_tokens=parent.num_cached_tokens,
+            block_table=self.blocks.fork(parent.block_table),
+            block_keys=list(parent.block_keys),
+            num_published_blocks=parent.num_published_blocks,
+        )
+        self.validate(child)
+        if params.seed is not None:
+            child.generator = torch.Generator(self.config.device).manual_seed(params.seed)
+        self.requests[child.id] = child
+        self.detoks[child.id] = self.tokenizer and IncrementalDetokenizer(
+            self.tokenizer, child.token_ids, params.skip_special_tokens, params.stop
+        )
+        self.scheduler.adopt(child)
+        return child
+
     def abort(self, request_id: str) -> None:
         """Stop a request now; its KV blocks are freed at once."""
         req = self.requests.pop(request_id, None)

@@ -32,6 +32,7 @@ def top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) 
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
+@torch.inference_mode()
 def sample(logits: torch.Tensor, reqs: list[Request]) -> list[int]:
     """logits: (S, vocab) float32, row i for reqs[i]."""
     if not reqs:

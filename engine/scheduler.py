@@ -53,6 +53,11 @@ class Scheduler:
         req.status = Status.WAITING
         self.waiting.append(req)
 
+    def adopt(self, req: Request) -> None:
+        """Take in a running request that already holds its blocks (a fork)."""
+        req.status = Status.RUNNING
+        self.running.append(req)
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 

@@ -257,3 +257,29 @@ def test_random_workloads_end_without_leaks(model_dir, work, num_blocks):
     assert not eng.has_work()
     assert all(r.finished for r, _ in live)
     assert eng.blocks.num_free == num_blocks
+
+
+def test_fork_shares_blocks_and_copies_on_write(model_dir):
+    eng = engine(model_dir)
+    p = PROMPTS[1]  # 18 tokens + 1 computed output: block 4 holds 3 of 4 slots
+    parent = eng.add(p["input_ids"], greedy(12))
+    for _ in range(2):
+        eng.step()
+    assert parent.num_computed_tokens % 4 == 3  # both twins' next token goes to a shared block
+    used = eng.blocks.num_blocks - eng.blocks.num_free
+    twist = SamplingParams(temperature=0, max_tokens=9, ignore_eos=True, repetition_penalty=3.0)
+    child = eng.fork(parent.id, twist)
+    assert eng.blocks.num_blocks - eng.blocks.num_free == used  # shared, not copied
+    while eng.has_work():
+        eng.step()
+    assert eng.blocks.stats()["copies"] > 0
+    # the parent never saw the child's tokens, and the child never saw the parent's
+    assert agree_until_margin(parent.output_ids, p["greedy_ids"], p["greedy_top2_margins"])
+    fresh = engine(model_dir)
+    alone = fresh.add(p["input_ids"] + parent.output_ids[:2], twist)
+    while fresh.has_work():
+        fresh.step()
+    assert len(child.output_ids) == 9  # max_tokens counts the inherited tokens too
+    assert child.output_ids[2:] == alone.output_ids[:7]
+    assert child.output_ids[2:] != parent.output_ids[2:9]
+    assert eng.blocks.num_free == eng.blocks.num_blocks
