@@ -37,6 +37,7 @@ class Output:
     num_prompt_tokens: int
     num_cached_tokens: int
     num_output_tokens: int
+    stop: str | None = None  # the stop string that ended it, if one did
 
 
 class Engine:
@@ -190,7 +191,9 @@ class Engine:
             return self._output(req, [token], text)
         if detok is not None and not stopped:
             text += detok.flush()
-        return self._finish(req, reason, [token], text)
+        out = self._finish(req, reason, [token], text)
+        out.stop = detok.stopped if stopped else None
+        return out
 
     def _finish(self, req: Request, reason: str, tokens=(), text: str = "") -> Output:
         self.scheduler.finish(req, reason)

@@ -58,16 +58,19 @@ class ApiKeyMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        body = json.dumps(
-            {
+        message = "Incorrect or missing API key: send `Authorization: Bearer KEY` or `x-api-key`."
+        if scope["path"].startswith("/v1/messages"):  # Anthropic's error shape
+            error = {"type": "error", "error": {"type": "authentication_error", "message": message}}
+        else:
+            error = {
                 "error": {
-                    "message": "Incorrect or missing API key: send `Authorization: Bearer KEY`.",
+                    "message": message,
                     "type": "invalid_request_error",
                     "param": None,
                     "code": "invalid_api_key",
                 }
             }
-        ).encode()
+        body = json.dumps(error).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -55,6 +55,12 @@ class Server:
     def __post_init__(self) -> None:
         self.admission = Admission(self.config.limits.max_sessions)
 
+    def chat_model(self, name: str) -> Any:
+        model = self.models.get(name)
+        if model is None or model.kind != "chat":
+            raise UnknownModel(name, [m.name for m in self.models.values() if m.kind == "chat"])
+        return model
+
     def asr_model(self, name: str | None = None) -> Any:
         """An ASR model by name; None or an OpenAI transcription name means the first one served."""
         asr = [m for m in self.models.values() if m.kind == "asr"]
