@@ -66,6 +66,11 @@ class Connection(ABC):
     @abstractmethod
     async def on_message(self, text: str | None, data: bytes | None) -> None: ...
 
+    def on_close(self) -> None:
+        """The socket is gone: stop this connection's work."""
+        if self.session is not None:
+            self.session.close()
+
     def send(self, event: dict) -> None:
         """Queue an event for the client; a client that lets the outbox fill is dropped."""
         if self._stop.is_set():
@@ -117,8 +122,7 @@ class Connection(ABC):
         finally:
             active.dec()
             self.server.admission.release()
-            if self.session is not None:
-                self.session.close()
+            self.on_close()
 
     async def _refuse(self, code: str, message: str, close: int, **extra: Any) -> None:
         self.server.metrics.errors.labels(code).inc()

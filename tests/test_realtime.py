@@ -245,8 +245,10 @@ async def test_rates_and_formats_that_are_refused(url):
         )
         err = await c.wait_for("error")
         assert err["error"]["code"] == "invalid_value" and err["error"]["param"] == param
-    await c.send("session.update", session={"type": "realtime"})
+    await c.send("session.update", session={"type": "translation"})
     assert (await c.wait_for("error"))["error"]["code"] == "unsupported_session_type"
+    await c.send("session.update", session={"type": "realtime"})  # no chat model is served
+    assert (await c.wait_for("error"))["error"]["code"] == "model_not_found"
     td = {"type": "server_vad", "threshold": 3}
     await c.send("session.update", session={"audio": {"input": {"turn_detection": td}}})
     err = await c.wait_for("error")

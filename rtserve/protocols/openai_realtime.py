@@ -1,8 +1,10 @@
 """`/v1/realtime`: the OpenAI Realtime API (GA event names; beta `transcription_session.update`).
 
 Transcription sessions: `?intent=transcription`, `session.type="transcription"`, or a `model`
-query parameter naming an ASR model. JSON text frames carry events; a binary frame is taken as
-`input_audio_buffer.append` of raw bytes in the session's input format.
+query parameter naming an ASR model. Conversation sessions (text): a `model` query parameter
+naming a chat model, or `session.type="realtime"` (realtime_conversation.py). JSON text frames
+carry events; a binary frame is taken as `input_audio_buffer.append` of raw bytes in the
+session's input format.
 
 Our extensions (clients that do not know them can ignore them):
 - `rtserve.transcription.partial` {item_id, content_index, stable, unstable, revision}: the
@@ -23,6 +25,7 @@ from typing import Any
 from audio.vad import VadConfig
 from engine.streaming import StreamOptions
 from rtserve.connection import Connection
+from rtserve.protocols.realtime_conversation import Conversation
 from rtserve.server import UnknownModel
 from rtserve.session import (
     Cleared,
@@ -63,6 +66,7 @@ class RealtimeConnection(Connection):
         self.transcription = {"model": None, "language": None, "prompt": None}
         self.noise_reduction = None
         self.client_event_id: str | None = None
+        self.conversation: Conversation | None = None
 
     # ---- wire format ----
 
@@ -98,20 +102,24 @@ class RealtimeConnection(Connection):
     async def on_open(self) -> None:
         query = self.ws.query_params
         model = query.get("model")
-        if model and model in self.server.models and self.server.models[model].kind != "asr":
-            self.error(
-                "unsupported_session_type",
-                f"`{model}` is a chat model; realtime conversation sessions are not served yet. "
-                "Connect with ?intent=transcription for a transcription session.",
-            )
+        chat = model and model in self.server.models and self.server.models[model].kind == "chat"
+        try:
+            if chat and query.get("intent") != "transcription":
+                self.start_conversation(model)
+            else:
+                self.start_transcription(model)
+        except SessionError as e:
+            self.error(e.code, e.message, param="model")
             self.end()
             return
+        self.send({"type": "session.created", "session": self.session_object()})
+
+    def start_transcription(self, model: str | None) -> None:
         try:
             asr = self.server.asr_model(model)
         except UnknownModel as e:
-            self.error("model_not_found", str(e), param="model")
-            self.end()
-            return
+            raise SessionError("model_not_found", str(e), "model") from None
+        self.close_conversation()
         self.transcription["model"] = asr.name
         self.session = TranscriptionSession(
             Settings(model=asr, input=InputFormat("pcm16", 24_000)),
@@ -119,9 +127,35 @@ class RealtimeConnection(Connection):
             self.server.metrics,
             self.on_session_event,
         )
-        self.send({"type": "session.created", "session": self.session_object()})
+
+    def start_conversation(self, model: str | None) -> None:
+        if model is None:
+            chats = [m.name for m in self.server.models.values() if m.kind == "chat"]
+            if not chats:
+                raise SessionError("model_not_found", "no chat model is served", "session.model")
+            model = chats[0]
+        try:
+            chat = self.server.chat_model(model)
+        except UnknownModel as e:
+            raise SessionError("model_not_found", str(e), "session.model") from None
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        self.close_conversation()
+        self.conversation = Conversation(chat, self.send)
+
+    def close_conversation(self) -> None:
+        if self.conversation is not None:
+            self.conversation.close()
+            self.conversation = None
+
+    def on_close(self) -> None:
+        super().on_close()
+        self.close_conversation()
 
     def session_object(self) -> dict:
+        if self.conversation is not None:
+            return self.conversation.session_object(self.session_id)
         s = self.session.settings
         fmt = {v: k for k, v in GA_FORMATS.items()}[s.input.codec]
         return {
@@ -158,7 +192,7 @@ class RealtimeConnection(Connection):
     async def on_message(self, text: str | None, data: bytes | None) -> None:
         self.client_event_id = None
         if data is not None:
-            await self.session.append(data)
+            await self.transcribing().append(data)
             return
         try:
             event = json.loads(text)
@@ -167,27 +201,48 @@ class RealtimeConnection(Connection):
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             raise SessionError("invalid_event", "an event is a JSON object with a string `type`")
         self.client_event_id = event.get("event_id")
-        handler = HANDLERS.get(event["type"])
-        if handler is None:
-            kind = (
-                "conversation" if event["type"].startswith(("response.", "conversation.")) else None
-            )
+        kind = event["type"]
+        if kind in CONVERSATION_HANDLERS and self.conversation is not None:
+            CONVERSATION_HANDLERS[kind](self.conversation, event)
+        elif kind in HANDLERS:
+            await HANDLERS[kind](self, event)
+        elif kind in CONVERSATION_HANDLERS or kind.startswith(("response.", "conversation.")):
             raise SessionError(
-                "unknown_event_type" if kind is None else "unsupported_in_transcription_session",
-                f"`{event['type']}` is not an event this server accepts"
-                + (" in a transcription session" if kind else ""),
+                "unsupported_in_transcription_session",
+                f"`{kind}` is not accepted in a transcription session",
                 "type",
             )
-        await handler(self, event)
+        else:
+            raise SessionError(
+                "unknown_event_type", f"`{kind}` is not an event this server accepts", "type"
+            )
+
+    def transcribing(self) -> TranscriptionSession:
+        if self.session is None:
+            raise SessionError(
+                "unsupported_in_conversation_session",
+                "audio input is served by transcription sessions (session.type `transcription`)",
+            )
+        return self.session
 
     async def on_session_update(self, event: dict) -> None:
         session = _object(event.get("session"), "session")
-        if session.get("type", "transcription") != "transcription":
+        kind = session.get("type", "realtime" if self.conversation else "transcription")
+        if kind not in ("transcription", "realtime"):
             raise SessionError(
                 "unsupported_session_type",
-                f"session.type {session.get('type')!r}: only `transcription` sessions are served",
+                f"session.type {kind!r}: use `transcription` or `realtime`",
                 "session.type",
             )
+        if kind == "realtime":
+            model = session.get("model")
+            if self.conversation is None or (model and model != self.conversation.model.name):
+                self.start_conversation(model or None)
+            self.conversation.update(session)
+            self.send({"type": "session.updated", "session": self.session_object()})
+            return
+        if self.session is None:
+            self.start_transcription(None)
         audio_in = _object(
             _object(session.get("audio", {}), "session.audio").get("input", {}),
             "session.audio.input",
@@ -213,7 +268,7 @@ class RealtimeConnection(Connection):
 
     async def on_transcription_session_update(self, event: dict) -> None:
         session = _object(event.get("session"), "session")
-        settings = self.session.settings
+        settings = self.transcribing().settings
         if "input_audio_format" in session:
             name = session["input_audio_format"]
             if name not in BETA_FORMATS:
@@ -267,13 +322,13 @@ class RealtimeConnection(Connection):
             data = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
             raise SessionError("invalid_base64", "`audio` is not valid base64", "audio") from None
-        await self.session.append(data)
+        await self.transcribing().append(data)
 
     async def on_commit(self, event: dict) -> None:
-        self.session.commit()
+        self.transcribing().commit()
 
     async def on_clear(self, event: dict) -> None:
-        self.session.clear()
+        self.transcribing().clear()
 
     # ---- session events -> wire ----
 
@@ -379,6 +434,13 @@ class RealtimeConnection(Connection):
             case Overload():
                 self.error("audio_dropped", ev.message)
 
+
+CONVERSATION_HANDLERS = {
+    "conversation.item.create": Conversation.create_item,
+    "conversation.item.delete": Conversation.delete_item,
+    "response.create": Conversation.create_response,
+    "response.cancel": Conversation.cancel_response,
+}
 
 HANDLERS = {
     "session.update": RealtimeConnection.on_session_update,
