@@ -1,4 +1,4 @@
-"""The engine for an asyncio server: its step loop runs in its own thread, never on the event loop.
+"""A text-generation engine for an asyncio server: a worker on the runtime's thread.
 
 `generate()` is an async iterator of a request's outputs. Leaving it early (the client went away,
 the task was cancelled) aborts the request, which frees its KV blocks before the next step.
@@ -8,29 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from engine.engine import Engine, Output, RequestError
 from engine.request import DEFAULT, InjectedEmbeds
+from engine.runtime import Runtime
 from engine.sampling import SamplingParams
-
-log = logging.getLogger(__name__)
 
 
 class AsyncEngine:
-    def __init__(self, engine: Engine) -> None:
+    interactive = False  # chat; its interactive-priority requests still go first inside it
+
+    def __init__(self, engine: Engine, runtime: Runtime | None = None) -> None:
         self.engine = engine
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
         self._adds: list[tuple] = []
         self._aborts: list[str] = []
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self._thread.start()
+        self._owns_runtime = runtime is None
+        self.runtime = runtime or Runtime()
+        self.runtime.add(self)
 
     async def generate(
         self,
@@ -42,10 +41,10 @@ class AsyncEngine:
     ) -> AsyncIterator[Output]:
         rid = request_id or uuid.uuid4().hex
         queue: asyncio.Queue = asyncio.Queue()
-        with self._wake:
+        with self._lock:
             self._streams[rid] = (asyncio.get_running_loop(), queue)
             self._adds.append((rid, list(prompt_ids), params, priority, list(embeds)))
-            self._wake.notify()
+        self.runtime.notify()
         finished = False
         try:
             while True:
@@ -57,46 +56,43 @@ class AsyncEngine:
                     finished = True
                     return
         finally:
-            with self._wake:
+            with self._lock:
                 self._streams.pop(rid, None)
                 if not finished:
                     self._aborts.append(rid)
-                    self._wake.notify()
+            if not finished:
+                self.runtime.notify()
 
     def shutdown(self) -> None:
-        with self._wake:
-            self._stop = True
-            self._wake.notify()
-        self._thread.join(timeout=10)
+        self.runtime.remove(self)
+        if self._owns_runtime:
+            self.runtime.shutdown()
 
-    # ---- the engine thread ----
+    # ---- the worker, on the runtime's thread ----
 
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not (self._stop or self._adds or self._aborts or self.engine.has_work()):
-                    self._wake.wait()
-                if self._stop:
-                    return
-                adds, self._adds = self._adds, []
-                aborts, self._aborts = self._aborts, []
-            for rid in aborts:
-                self.engine.abort(rid)
-            for rid, prompt, params, priority, embeds in adds:
-                try:
-                    self.engine.add(prompt, params, rid, priority, embeds)
-                except (RequestError, ValueError) as e:
-                    self._deliver(rid, RequestError(str(e)))
+    def take_inbox(self) -> None:
+        with self._lock:
+            adds, self._adds = self._adds, []
+            aborts, self._aborts = self._aborts, []
+        for rid in aborts:
+            self.engine.abort(rid)
+        for rid, prompt, params, priority, embeds in adds:
             try:
-                outputs = self.engine.step() if self.engine.has_work() else []
-            except Exception as e:  # the engine stays up; the requests in flight fail
-                log.exception("engine step raised")
-                for rid in list(self.engine.requests):
-                    self.engine.abort(rid)
-                    self._deliver(rid, RuntimeError(f"engine error: {e}"))
-                continue
-            for out in outputs:
-                self._deliver(out.request_id, out)
+                self.engine.add(prompt, params, rid, priority, embeds)
+            except (RequestError, ValueError) as e:
+                self._deliver(rid, RequestError(str(e)))
+
+    def has_work(self) -> bool:
+        return self.engine.has_work()
+
+    def step(self) -> None:
+        for out in self.engine.step():
+            self._deliver(out.request_id, out)
+
+    def fail(self, error: Exception) -> None:
+        for rid in list(self.engine.requests):
+            self.engine.abort(rid)
+            self._deliver(rid, RuntimeError(f"engine error: {error}"))
 
     def _deliver(self, rid: str, item: Output | Exception) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ from engine.async_engine import AsyncEngine
 from engine.config import EngineConfig
 from engine.engine import Engine
 from engine.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
+from engine.runtime import Runtime
 from engine.tokenizer import Tokenizer
 from engine.weights import load_safetensors
 from kernels.attention import backend
@@ -47,6 +48,12 @@ class ChatModel:
         return self.engine.engine.tokenizer
 
 
-def load_qwen3(path: Path, name: str, performance_mode: str = "balanced", **overrides) -> ChatModel:
+def load_qwen3(
+    path: Path,
+    name: str,
+    performance_mode: str = "balanced",
+    runtime: Runtime | None = None,
+    **overrides,
+) -> ChatModel:
     engine = build_qwen3(path, EngineConfig.for_mode(performance_mode, **overrides))
-    return ChatModel(name, AsyncEngine(engine))
+    return ChatModel(name, AsyncEngine(engine, runtime))

@@ -82,4 +82,7 @@ class AsrModel(Protocol):
     name: str
     kind: Literal["asr"]
 
+    def validate(self, options: StreamOptions) -> None:
+        """Raise ValueError for options this model cannot honour (an unknown language)."""
+
     def open_stream(self, options: StreamOptions) -> StreamHandle: ...

@@ -10,7 +10,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from rtserve import anthropic_api, http_api, openai_api
+from rtserve import anthropic_api, audio_api, http_api, openai_api
 from rtserve.auth import ApiKeyMiddleware
 from rtserve.protocols.native import NativeConnection
 from rtserve.protocols.openai_realtime import RealtimeConnection
@@ -35,6 +35,7 @@ def build_app(server: Server) -> Starlette:
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
         Route("/v1/messages", anthropic_api.messages, methods=["POST"]),
+        Route("/v1/audio/transcriptions", audio_api.transcriptions, methods=["POST"]),
         Route("/v1/messages/count_tokens", anthropic_api.count_tokens, methods=["POST"]),
         WebSocketRoute("/v1/realtime", realtime),
         WebSocketRoute("/v1/stream", stream),

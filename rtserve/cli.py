@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import get_args
 
 from engine.loader import ModelLoadError, default_spec, load, parse_spec
+from engine.runtime import shared_runtime
 from rtserve.config import Limits, PerformanceMode, ServerConfig
 
 
@@ -70,6 +71,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--performance-mode", choices=get_args(PerformanceMode), default="balanced")
     s.add_argument("--log-level", default="info")
     _limit_flags(s)
+    t = sub.add_parser("transcribe", help="transcribe audio files and print the transcript")
+    t.add_argument("files", nargs="+", type=Path)
+    t.add_argument(
+        "--model", default=None, metavar="PATH|HUB_ID", help="default: the embedded model"
+    )
+    t.add_argument("--language", default=None)
+    t.add_argument("--prompt", default=None, help="context: names, terms")
+    t.add_argument(
+        "--format", default="text", choices=["text", "json", "verbose_json", "srt", "vtt"]
+    )
     b = sub.add_parser("bench", help="benchmarks (results: README, docs/benchmarks.md)")
     work = b.add_subparsers(dest="workload", required=True)
     c = work.add_parser("chat", help="decode tokens/s and time to first token vs transformers")
@@ -88,6 +99,40 @@ def parser() -> argparse.ArgumentParser:
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(","))
+
+
+def transcribe_files(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from engine.streaming import StreamOptions
+    from rtserve.metrics import Metrics
+    from rtserve.transcribe import load_audio, render, transcribe
+
+    logging.basicConfig(level="WARNING")
+    try:
+        spec = parse_spec(a.model) if a.model else default_spec()
+        model = load(spec, runtime=shared_runtime())
+    except ModelLoadError as e:
+        print(f"rtserve: {e}", file=sys.stderr)
+        return 2
+    if model.kind != "asr":
+        print(
+            f"rtserve: {spec.source} is a {model.kind} model, not a speech model", file=sys.stderr
+        )
+        return 2
+    options = StreamOptions(a.language, a.prompt)
+    status = 0
+    for path in a.files:
+        try:
+            samples = load_audio(path.read_bytes())
+            result = asyncio.run(transcribe(model, samples, Limits(), Metrics(), options))
+        except Exception as e:  # one bad file does not stop the others
+            print(f"rtserve: {path}: {e}", file=sys.stderr)
+            status = 1
+            continue
+        body, _ = render(result, a.format)
+        print(body.rstrip("\n"))
+    return status
 
 
 def bench(a: argparse.Namespace) -> int:
@@ -137,7 +182,9 @@ def load_models(config: ServerConfig) -> dict:
     for spec in specs:
         if spec.served_name in models:
             raise ModelLoadError(f"two models are named {spec.served_name!r}: use NAME=PATH")
-        models[spec.served_name] = load(spec, performance_mode=config.performance_mode)
+        models[spec.served_name] = load(
+            spec, performance_mode=config.performance_mode, runtime=shared_runtime()
+        )
     return models
 
 
@@ -169,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     if a.command == "serve":
         return serve(config_from_args(a), a.log_level)
+    if a.command == "transcribe":
+        return transcribe_files(a)
     return bench(a)
 
 

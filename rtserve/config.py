@@ -28,6 +28,7 @@ class Limits:
 
 
 # Limits with no flag, named so that docs and tests can refer to them.
+MAX_UPLOAD_BYTES = 64 << 20  # a file sent to /v1/audio/transcriptions
 OUTBOX_EVENTS = 512  # server events queued for a client that does not read; then it is dropped
 LAG_INTERVAL_S = 1.0  # cadence of `rtserve.lag` / `lag` events
 RETRY_AFTER_S = 5  # advice sent with a refusal at max_sessions

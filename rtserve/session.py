@@ -164,6 +164,13 @@ class Settings:
     options: StreamOptions = StreamOptions()
 
 
+def check_options(settings: Settings) -> None:
+    try:
+        settings.model.validate(settings.options)
+    except ValueError as e:
+        raise SessionError("invalid_value", str(e), "language") from None
+
+
 # ---- bookkeeping ----
 
 
@@ -215,6 +222,7 @@ class TranscriptionSession:
         metrics: Metrics,
         emit: Callable[[SessionEvent], None],
     ) -> None:
+        check_options(settings)
         self.settings = settings
         self.limits = limits
         self.metrics = metrics
@@ -239,6 +247,7 @@ class TranscriptionSession:
 
     def update(self, settings: Settings) -> None:
         """New settings. Format and VAD apply now; model, language and prompt at the next turn."""
+        check_options(settings)
         if settings.input != self.settings.input:
             self._input.abort()
             self._input = AudioInput(settings.input.codec, settings.input.rate)

@@ -55,6 +55,10 @@ class ToneAsr:
     rewrite_stable: bool = False  # break the transcript contract, to test its enforcement
     kind: str = "asr"
 
+    def validate(self, options: StreamOptions) -> None:
+        if options.language == "xx":
+            raise ValueError("language 'xx' is not supported by this model")
+
     def open_stream(self, options: StreamOptions) -> ToneStream:
         return ToneStream(self, options)
 

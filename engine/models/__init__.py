@@ -30,6 +30,13 @@ def _load_qwen3(path: Path, name: str, **options: Any) -> Any:
     return load_qwen3(path, name, **options)
 
 
+def _load_qwen3_asr(path: Path, name: str, **options: Any) -> Any:
+    from engine.asr import load_qwen3_asr
+
+    return load_qwen3_asr(path, name, **options)
+
+
 FAMILIES: list[Family] = [
     Family("qwen3", lambda p: model_type(p) == "qwen3", _load_qwen3),
+    Family("qwen3_asr", lambda p: model_type(p) == "qwen3_asr", _load_qwen3_asr),
 ]

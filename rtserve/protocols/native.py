@@ -127,6 +127,8 @@ class NativeConnection(Connection):
             self.session = TranscriptionSession(
                 settings, self.server.config.limits, self.server.metrics, self.on_session_event
             )
+        except SessionError:
+            raise
         except Exception as e:  # bad rate or format, from the audio layer
             raise SessionError("invalid_start", str(e)) from None
         self.send(

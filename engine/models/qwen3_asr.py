@@ -1,0 +1,247 @@
+"""Qwen3-ASR: the AuT audio encoder feeding a Qwen3 decoder through injected embeddings.
+
+AuT: log-mel (128, T) is cut into 1 s chunks of 100 frames; each chunk goes through three
+stride-2 conv2d (+GELU) over (mel, time), a linear to d_model, and sinusoidal positions that
+restart at 0 in every chunk (13 tokens per full chunk). Pre-LN transformer layers attend within
+8 s windows (800 frames = 104 tokens), then ln_post, proj1 + GELU, proj2 to the decoder width.
+Because conv and positions are per chunk and attention is per window, a completed window's
+output never depends on later audio: streaming caches it (engine/rollback.py).
+
+The decoder is our Qwen3 (mRoPE with equal position streams is plain 1-D RoPE); audio tokens
+replace the `<|audio_pad|>` embeddings. Two checkpoint layouts load: the released one
+(`thinker.*` keys, nested `thinker_config`) and the transformers "-hf" one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
+
+CHUNK_FRAMES = 100  # frames per conv chunk (n_window * 2)
+
+
+def chunk_tokens(frames: int) -> int:
+    """Tokens out of the three stride-2 convs for a chunk of `frames` frames."""
+    n = frames
+    for _ in range(3):
+        n = (n - 1) // 2 + 1
+    return n
+
+
+def audio_tokens(frames: int) -> int:
+    """Tokens the encoder makes from `frames` frames (13 per full 100-frame chunk)."""
+    full, rest = divmod(frames, CHUNK_FRAMES)
+    return full * chunk_tokens(CHUNK_FRAMES) + (chunk_tokens(rest) if rest else 0)
+
+
+@dataclass(frozen=True)
+class AuTConfig:
+    num_mel_bins: int = 128
+    d_model: int = 896
+    encoder_layers: int = 18
+    encoder_attention_heads: int = 14
+    encoder_ffn_dim: int = 3584
+    output_dim: int = 1024
+    downsample_hidden_size: int = 480
+    n_window: int = 50
+    n_window_infer: int = 800
+    max_source_positions: int = 1500
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AuTConfig:
+        if d.get("activation_function", "gelu") != "gelu":
+            raise ValueError(f"AuT activation {d['activation_function']!r} is not supported")
+        if d.get("n_window", 50) * 2 != CHUNK_FRAMES:
+            raise ValueError("AuT chunks other than 100 frames (n_window 50) are not supported")
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    @property
+    def window_frames(self) -> int:
+        return self.n_window_infer
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    inv = torch.exp(-math.log(max_timescale) / (channels // 2 - 1) * torch.arange(channels // 2))
+    t = torch.arange(length)[:, None] * inv[None, :]
+    return torch.cat([t.sin(), t.cos()], dim=1)  # (length, channels)
+
+
+class AuTAttention(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(d, d)
+        self.k_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, d)
+        self.out_proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (W, L, d) windows; mask: (W, L) valid tokens. Attention stays inside a window."""
+        W, L, d = x.shape
+        q, k, v = (
+            p(x).view(W, L, self.heads, -1).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return self.out_proj(o.transpose(1, 2).reshape(W, L, d))
+
+
+class AuTLayer(nn.Module):
+    def __init__(self, cfg: AuTConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.self_attn = AuTAttention(d, cfg.encoder_attention_heads)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, cfg.encoder_ffn_dim)
+        self.fc2 = nn.Linear(cfg.encoder_ffn_dim, d)
+        self.final_layer_norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x), mask)
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+class AuTEncoder(nn.Module):
+    def __init__(self, cfg: AuTConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        c = cfg.downsample_hidden_size
+        self.conv2d1 = nn.Conv2d(1, c, 3, 2, padding=1)
+        self.conv2d2 = nn.Conv2d(c, c, 3, 2, padding=1)
+        self.conv2d3 = nn.Conv2d(c, c, 3, 2, padding=1)
+        freq = (((cfg.num_mel_bins + 1) // 2 + 1) // 2 + 1) // 2
+        self.conv_out = nn.Linear(c * freq, cfg.d_model, bias=False)
+        self.layers = nn.ModuleList(AuTLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.ln_post = nn.LayerNorm(cfg.d_model)
+        self.proj1 = nn.Linear(cfg.d_model, cfg.d_model)
+        self.proj2 = nn.Linear(cfg.d_model, cfg.output_dim)
+        self.positions = sinusoids(chunk_tokens(CHUNK_FRAMES), cfg.d_model)  # (13, d)
+
+    def forward(self, feats: torch.Tensor, window_frames: int | None = -1) -> torch.Tensor:
+        """feats: (n_mels, T) of one utterance -> (audio_tokens(T), output_dim).
+
+        Attention windows are `window_frames` long (-1: the model's 8 s; None: the whole
+        utterance in one window, which is what the reference does on CPU)."""
+        if window_frames == -1:
+            window_frames = self.config.window_frames
+        step = window_frames or max(feats.shape[1], 1)
+        windows = [feats[:, i : i + step] for i in range(0, feats.shape[1], step)]
+        return torch.cat(self.encode_windows(windows))
+
+    def encode_windows(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Several windows (n_mels, F_i), from any streams, in one batch -> their token outputs."""
+        chunks, owners, lengths = [], [], []
+        for w, feats in enumerate(windows):
+            for i in range(0, feats.shape[1], CHUNK_FRAMES):
+                chunk = feats[:, i : i + CHUNK_FRAMES]
+                lengths.append(chunk_tokens(chunk.shape[1]))
+                chunks.append(F.pad(chunk, (0, CHUNK_FRAMES - chunk.shape[1])))
+                owners.append(w)
+        x = torch.stack(chunks)[:, None]  # (C, 1, n_mels, 100)
+        x = F.gelu(self.conv2d3(F.gelu(self.conv2d2(F.gelu(self.conv2d1(x))))))  # (C, c, f, 13)
+        C, c, f, t = x.shape
+        x = self.conv_out(x.permute(0, 3, 1, 2).reshape(C, t, c * f))  # (C, 13, d)
+        x = x + self.positions.to(x)
+        per_window: list[list[torch.Tensor]] = [[] for _ in windows]
+        for chunk, owner, n in zip(x, owners, lengths, strict=True):
+            per_window[owner].append(chunk[:n])
+        tokens = [torch.cat(p) for p in per_window]
+        longest = max(t.shape[0] for t in tokens)
+        h = torch.stack([F.pad(t, (0, 0, 0, longest - t.shape[0])) for t in tokens])  # (W, L, d)
+        mask = (
+            torch.arange(longest, device=h.device)[None, :]
+            < torch.tensor([t.shape[0] for t in tokens], device=h.device)[:, None]
+        )
+        for layer in self.layers:
+            h = layer(h, mask)
+        h = self.proj2(F.gelu(self.proj1(self.ln_post(h))))
+        return [h[i, : t.shape[0]] for i, t in enumerate(tokens)]
+
+
+@dataclass(frozen=True)
+class Qwen3ASRConfig:
+    audio: AuTConfig
+    text: Qwen3Config
+    audio_token_id: int
+    audio_start_token_id: int
+    audio_end_token_id: int
+    layout: str  # "released" | "hf"
+    languages: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Qwen3ASRConfig:
+        layout = "released" if "thinker_config" in d else "hf"
+        inner = d.get("thinker_config", d)
+        text = dict(inner["text_config"])
+        text.setdefault("tie_word_embeddings", d.get("tie_word_embeddings", False))
+        return cls(
+            audio=AuTConfig.from_dict(inner["audio_config"]),
+            text=Qwen3Config.from_dict(text),
+            audio_token_id=inner.get("audio_token_id", 151676),
+            audio_start_token_id=inner.get("audio_start_token_id", 151669),
+            audio_end_token_id=inner.get("audio_end_token_id", 151670),
+            layout=layout,
+            languages=tuple(d.get("support_languages") or ()),
+        )
+
+    @classmethod
+    def from_folder(cls, path: Path) -> Qwen3ASRConfig:
+        return cls.from_dict(json.loads((path / "config.json").read_text()))
+
+
+# checkpoint key prefix -> ours, per layout
+PREFIXES = {
+    "released": [
+        ("thinker.audio_tower.", "encoder."),
+        ("thinker.model.", "decoder.model."),
+        ("thinker.lm_head.", "decoder.lm_head."),
+    ],
+    "hf": [
+        ("model.audio_tower.", "encoder."),
+        ("model.multi_modal_projector.linear_1.", "encoder.proj1."),
+        ("model.multi_modal_projector.linear_2.", "encoder.proj2."),
+        ("model.language_model.", "decoder.model."),
+        ("lm_head.", "decoder.lm_head."),
+    ],
+}
+
+
+def rename(weights: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, w in weights.items():
+        for theirs, ours in PREFIXES[layout]:
+            if key.startswith(theirs):
+                out[ours + key[len(theirs) :]] = w
+                break
+        else:
+            raise ValueError(f"unexpected checkpoint key {key!r} for the {layout} Qwen3-ASR layout")
+    return out
+
+
+class Qwen3ASR(nn.Module):
+    def __init__(self, cfg: Qwen3ASRConfig, attn) -> None:
+        super().__init__()
+        self.config = cfg
+        self.encoder = AuTEncoder(cfg.audio)
+        self.decoder = Qwen3ForCausalLM(cfg.text, attn)
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        ours = rename(weights, self.config.layout)
+        self.decoder.load_weights(
+            {k[len("decoder.") :]: v for k, v in ours.items() if k.startswith("decoder.")}
+        )
+        encoder = {k[len("encoder.") :]: v for k, v in ours.items() if k.startswith("encoder.")}
+        missing, unexpected = self.encoder.load_state_dict(encoder, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"AuT weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )

@@ -1,0 +1,206 @@
+"""The rollback streaming policy (Qwen3-ASR): the official algorithm, made cheap.
+
+The official method re-feeds all audio of the open segment every 2 s and prompts the decoder with
+the previous output minus its last 5 tokens (no prefix for the first 2 steps). We keep its
+outputs and cut its cost:
+- log-mel frames and encoder windows are computed once: an 8 s AuT window whose frames are final
+  (beyond the STFT's reach of the end of the audio) is encoded once and cached, and re-encoded
+  only if the clamp floor (utterance max - 8) moved in a way that changes its features;
+- the decoder prompt is [chat head, audio pads, tail, text prefix]; each cached window's pads
+  carry a fixed digest, so the prefix cache serves their KV and a step computes only the open
+  window, the tail and the text prefix.
+
+One departure, for the transcript contract: the official prefix can shrink when a step adds
+fewer tokens than it rolls back; ours never shrinks, so text once fixed stays fixed (stable).
+Steps fall on multiples of the step length, as the official chunks do; a step that could not
+run in time is merged into the next one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from audio.features import DYNAMIC_RANGE, HOP, N_FFT, log_mel
+from engine.asr_prompt import Prompt, parse_output, rollback, text_of_prefix
+from engine.models.qwen3_asr import audio_tokens
+from engine.request import InjectedEmbeds
+from engine.tokenizer import Tokenizer
+
+SAMPLE_RATE = 16_000
+CONTEXT_FRAMES = 3  # audio before (and after) a slice, so that its frames equal the whole's
+
+
+@dataclass(frozen=True)
+class RollbackConfig:
+    step_seconds: float = 2.0  # the official chunk
+    unfixed_chunks: int = 2  # steps without a text prefix
+    unfixed_tokens: int = 5  # tokens rolled back from the previous output
+    max_new_tokens: int = 256  # per step
+
+    @property
+    def step_samples(self) -> int:
+        return int(round(self.step_seconds * SAMPLE_RATE))
+
+
+@dataclass
+class Window:
+    tokens: torch.Tensor  # (n, d) encoder output
+    floor: float  # the clamp floor its features used
+    raw_min: float  # smallest unclamped log-mel value in it
+    raw_max: float
+    digest: bytes  # identity for the prefix cache, fixed while cached
+
+
+@dataclass
+class StepPlan:
+    """One step: the audio it covers, the windows to encode, the text prefix."""
+
+    upto: int
+    final: bool
+    prefix: str
+    floor: float
+    windows: int  # windows in all
+    encode: dict[int, tuple[torch.Tensor, float, float]] = field(default_factory=dict)
+
+
+def final_windows(upto: int, window_frames: int) -> int:
+    """Windows whose last frame lies wholly inside the audio: later audio cannot change them."""
+    last_frame_end = lambda w: ((w + 1) * window_frames - 1) * HOP + N_FFT // 2  # noqa: E731
+    w = 0
+    while last_frame_end(w) <= upto:
+        w += 1
+    return w
+
+
+class Segment:
+    """The open segment of one stream: its audio, caches and text state."""
+
+    def __init__(
+        self,
+        prompt: Prompt,
+        tokenizer: Tokenizer,
+        forced: str | None,
+        config: RollbackConfig,
+        window_frames: int,
+        device: torch.device,
+    ) -> None:
+        self.prompt = prompt
+        self.tokenizer = tokenizer
+        self.forced = forced
+        self.config = config
+        self.window_frames = window_frames
+        self.device = device
+        self.audio = np.zeros(0, dtype=np.float32)
+        self.stepped = 0  # samples the last step covered
+        self.chunk_id = 0  # steps done, as the official state counts them
+        self.raw = ""  # the last output
+        self.prefix = ""  # the text prefix of the next step (never shrinks)
+        self.windows: dict[int, Window] = {}
+
+    def feed(self, x: np.ndarray) -> None:
+        self.audio = np.concatenate([self.audio, x])
+
+    def due(self) -> int:
+        """Samples the next partial step covers; 0 when less than a step is new."""
+        step = self.config.step_samples
+        ready = (self.audio.size - self.stepped) // step
+        return self.stepped + ready * step if ready else 0
+
+    # ---- planning ----
+
+    def plan(self, upto: int, final: bool) -> StepPlan:
+        wf = self.window_frames
+        frames = upto // HOP
+        done = final_windows(upto, wf)
+        total = -(-frames // wf)
+        open_raw = self.raw_mel(done * wf, frames, upto) if total > done else None
+        peak = max([w.raw_max for k, w in self.windows.items() if k < done] + [-np.inf])
+        fresh = {}
+        for w in range(done):
+            if w not in self.windows:
+                raw = self.raw_mel(w * wf, (w + 1) * wf, upto)
+                fresh[w] = raw
+                peak = max(peak, float(raw.max()))
+        if open_raw is not None and open_raw.numel():
+            peak = max(peak, float(open_raw.max()))
+        floor = peak - DYNAMIC_RANGE
+        plan = StepPlan(upto, final, self._prefix(final), floor, total)
+        for w in range(done):
+            cached = self.windows.get(w)
+            if cached and (cached.floor == floor or cached.raw_min >= max(floor, cached.floor)):
+                continue  # no value of it is clamped differently: same features, same tokens
+            raw = fresh.get(w)
+            if raw is None:
+                raw = self.raw_mel(w * wf, (w + 1) * wf, upto)
+            plan.encode[w] = (raw, float(raw.min()), float(raw.max()))
+        if open_raw is not None:
+            for w in range(done, total):
+                part = open_raw[:, (w - done) * wf : (w - done + 1) * wf]
+                plan.encode[w] = (part, float(part.min()), float(part.max()))
+        return plan
+
+    def raw_mel(self, f0: int, f1: int, upto: int) -> torch.Tensor:
+        """Unclamped log-mel frames [f0, f1) of the audio up to `upto`, as a whole-audio log-mel
+        would have them: (n_mels, f1 - f0)."""
+        start = max(0, f0 - CONTEXT_FRAMES)
+        end = min(upto, (f1 + CONTEXT_FRAMES) * HOP)
+        x = torch.from_numpy(self.audio[start * HOP : end]).to(self.device)
+        return log_mel(x)[0, :, f0 - start : f1 - start]
+
+    def features(self, raw: torch.Tensor, floor: float) -> torch.Tensor:
+        return (torch.clamp(raw, min=floor) + 4.0) / 4.0
+
+    def _prefix(self, final: bool) -> str:
+        if self.chunk_id < self.config.unfixed_chunks:
+            return ""
+        if not final:
+            return self.prefix
+        # the official finish rolls back without the split-character rule; never behind ours
+        cut = rollback(self.tokenizer, self.raw, self.config.unfixed_tokens, final=True)
+        return cut if len(cut) > len(self.prefix) else self.prefix
+
+    # ---- the request ----
+
+    def request(
+        self, plan: StepPlan, encoded: dict[int, torch.Tensor]
+    ) -> tuple[list[int], list[InjectedEmbeds]]:
+        """Cache the windows that are final; the decoder prompt and its audio embeddings."""
+        done = final_windows(plan.upto, self.window_frames)
+        at = self.prompt.audio_start()
+        embeds = []
+        for w in range(plan.windows):
+            if w in encoded:
+                _, raw_min, raw_max = plan.encode[w]
+                digest = secrets.token_bytes(16)
+                if w < done:
+                    self.windows[w] = Window(encoded[w], plan.floor, raw_min, raw_max, digest)
+                tokens = encoded[w]
+            else:
+                tokens, digest = self.windows[w].tokens, self.windows[w].digest
+            embeds.append(InjectedEmbeds(at, tokens, digest))
+            at += tokens.shape[0]
+        n = at - self.prompt.audio_start()
+        assert n == audio_tokens(plan.upto // HOP), (n, plan.upto)
+        return self.prompt.ids(self.tokenizer, n, plan.prefix), embeds
+
+    # ---- results ----
+
+    def result(self, plan: StepPlan, text: str) -> tuple[str, str, str]:
+        """A step's generated text -> (language, transcript, its stable part)."""
+        self.raw = plan.prefix + text
+        self.stepped = plan.upto
+        self.chunk_id += 1
+        language, transcript = parse_output(self.raw, self.forced)
+        if self.chunk_id >= self.config.unfixed_chunks:
+            nxt = rollback(self.tokenizer, self.raw, self.config.unfixed_tokens)
+            if len(nxt) > len(self.prefix):  # never shrinks: what was fixed stays fixed
+                self.prefix = nxt
+        stable = text_of_prefix(self.prefix, self.forced)
+        return language, transcript, stable if transcript.startswith(stable) else ""
+
+    def parsed(self) -> tuple[str, str]:
+        return parse_output(self.raw, self.forced)
