@@ -1,7 +1,8 @@
-"""The tiny checkpoint builder, and its agreement with the committed Qwen3 golden fixtures.
+"""The tiny checkpoint builders, and their agreement with the committed golden fixtures.
 
 Runs in the project environment (no transformers). The golden files come from
-tests/fixtures/make_qwen3_golden.py, run in the reference environment.
+tests/fixtures/make_qwen3_golden.py and make_qwen3_asr_golden.py (run in the reference
+environment, .venv-ref/) and make_qwen3_asr_golden_hf.py (.venv-ref5/, transformers 5).
 """
 
 from __future__ import annotations
@@ -18,10 +19,20 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 from tests.tiny_models import (
+    QWEN3_ASR_AUDIO_DIMS,
+    QWEN3_ASR_DIR,
+    QWEN3_ASR_HF_DIR,
+    QWEN3_ASR_HF_FILES,
+    QWEN3_ASR_RELEASED_FILES,
     QWEN3_DIMS,
     QWEN3_TOKENIZER_DIR,
     build_qwen3,
+    build_qwen3_asr,
     load_tensors,
+    qwen3_asr_fragment_ids,
+    qwen3_asr_hf_name,
+    qwen3_asr_token_ids,
+    qwen3_asr_vocab_size,
     tensors_sha256,
 )
 
@@ -194,3 +205,327 @@ def test_golden_tokenizer_encodings_match_tokenizers_library(golden: dict) -> No
         assert tok.decode(item["ids"], skip_special_tokens=False) == item["decoded"]
     for chat in golden["tokenizer"]["chat"]:
         assert tok.encode(chat["text"]).ids == chat["ids"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Qwen3-ASR: the builder, its two layouts, and the golden files of make_qwen3_asr_golden.py
+# (qwen-asr, released layout) and make_qwen3_asr_golden_hf.py (transformers 5, hf layout).
+# ------------------------------------------------------------------------------------------------
+
+ASR_GOLDEN_JSON = QWEN3_ASR_DIR / "golden.json"
+ASR_GOLDEN_TENSORS = QWEN3_ASR_DIR / "golden.safetensors"
+ASR_GOLDEN_HF_JSON = QWEN3_ASR_DIR / "golden_hf.json"
+ASR_CHECKPOINTS = ["untied", "tied"]
+
+
+def load_fixture_script(name: str):
+    path = QWEN3_ASR_DIR.parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def asr_golden() -> dict:
+    return read_json(ASR_GOLDEN_JSON)
+
+
+@pytest.fixture(scope="module")
+def asr_golden_hf() -> dict:
+    return read_json(ASR_GOLDEN_HF_JSON)
+
+
+@pytest.fixture(scope="module")
+def asr_tensors() -> dict[str, np.ndarray]:
+    return load_file(str(ASR_GOLDEN_TENSORS))
+
+
+def audio_tokens(mel_frames: int) -> int:
+    """Qwen3-ASR's encoder output length: 13 per full 100-frame chunk, plus the tail's."""
+    tail = mel_frames % 100
+    for _ in range(3):
+        tail = (tail - 1) // 2 + 1 if tail else 0
+    return mel_frames // 100 * 13 + tail
+
+
+def released_keys(tie: bool) -> set[str]:
+    a = QWEN3_ASR_AUDIO_DIMS
+    tower = {f"thinker.audio_tower.{m}.{p}" for m in ("ln_post", "proj1", "proj2")
+             for p in ("weight", "bias")}  # fmt: skip
+    tower |= {f"thinker.audio_tower.conv2d{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}
+    tower.add("thinker.audio_tower.conv_out.weight")
+    for i in range(a["encoder_layers"]):
+        mods = [f"self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        mods += ["self_attn_layer_norm", "fc1", "fc2", "final_layer_norm"]
+        tower |= {
+            f"thinker.audio_tower.layers.{i}.{m}.{p}" for m in mods for p in ("weight", "bias")
+        }
+    text = {"thinker." + k for i in range(2) for k in layer_keys(i)}
+    text |= {"thinker.model.embed_tokens.weight", "thinker.model.norm.weight"}
+    return tower | text | (set() if tie else {"thinker.lm_head.weight"})
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_qwen3_asr_released_keys_and_config(tmp_path: Path, tie: bool) -> None:
+    folder = build_qwen3_asr(tmp_path, tie_word_embeddings=tie)
+    tensors = load_tensors(folder)
+    assert set(tensors) == released_keys(tie)
+    assert all(t.dtype == np.float32 for t in tensors.values())
+    config = read_json(folder / "config.json")
+    thinker = config["thinker_config"]
+    text, audio = thinker["text_config"], thinker["audio_config"]
+    ids = qwen3_asr_token_ids()
+    assert config["model_type"] == "qwen3_asr"
+    assert config["architectures"] == ["Qwen3ASRForConditionalGeneration"]
+    assert (thinker["audio_token_id"], thinker["audio_start_token_id"]) == (
+        ids["<|audio_pad|>"],
+        ids["<|audio_start|>"],
+    )
+    assert thinker["audio_end_token_id"] == ids["<|audio_end|>"]
+    assert text["vocab_size"] == qwen3_asr_vocab_size() == max(ids.values()) + 1
+    assert text["tie_word_embeddings"] is tie
+    assert sum(text["rope_scaling"]["mrope_section"]) == text["head_dim"] // 2
+    assert audio["n_window"] * 2 * 8 == audio["n_window_infer"] == 800
+    assert tensors["thinker.model.embed_tokens.weight"].shape == (text["vocab_size"], 48)
+    assert tensors["thinker.audio_tower.conv_out.weight"].shape == (32, 8 * 16)
+    assert tensors["thinker.audio_tower.proj2.weight"].shape == (48, 32)
+    names = sorted(p.name for p in folder.iterdir())
+    expected = [*QWEN3_ASR_RELEASED_FILES, "config.json", "generation_config.json"]
+    assert names == sorted([*expected, "model.safetensors"])
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_qwen3_asr_layouts_hold_the_same_tensors(tmp_path: Path, tie: bool) -> None:
+    released = load_tensors(build_qwen3_asr(tmp_path / "r", seed=5, tie_word_embeddings=tie))
+    hf_folder = build_qwen3_asr(tmp_path / "h", seed=5, tie_word_embeddings=tie, layout="hf")
+    hf = load_tensors(hf_folder)
+    assert set(hf) == {qwen3_asr_hf_name(k) for k in released}
+    for name, value in released.items():
+        np.testing.assert_array_equal(hf[qwen3_asr_hf_name(name)], value)
+    assert ("lm_head.weight" in hf) is not tie
+    assert "model.multi_modal_projector.linear_2.weight" in hf
+    assert not any("proj1" in k or "proj2" in k or k.startswith("thinker.") for k in hf)
+    config = read_json(hf_folder / "config.json")
+    assert config["tie_word_embeddings"] is config["text_config"]["tie_word_embeddings"] is tie
+    assert config["text_config"]["vocab_size"] == qwen3_asr_vocab_size()
+    assert config["audio_token_id"] == qwen3_asr_token_ids()["<|audio_pad|>"]
+    for name in QWEN3_ASR_HF_FILES:
+        assert (hf_folder / name).read_bytes() == (QWEN3_ASR_HF_DIR / name).read_bytes()
+
+
+@pytest.mark.parametrize("layout", ["released", "hf"])
+def test_qwen3_asr_build_is_deterministic(tmp_path: Path, layout: str) -> None:
+    a = build_qwen3_asr(tmp_path / "a", seed=3, layout=layout)
+    b = build_qwen3_asr(tmp_path / "b", seed=3, layout=layout)
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    assert (mismatch, errors) == ([], [])
+    c = build_qwen3_asr(tmp_path / "c", seed=4, layout=layout)
+    assert tensors_sha256(c) != tensors_sha256(a)
+    sharded = build_qwen3_asr(tmp_path / "s", seed=3, layout=layout, shards=2)
+    assert (sharded / "model.safetensors.index.json").exists()
+    assert tensors_sha256(sharded) == tensors_sha256(a)
+
+
+def test_qwen3_asr_output_rows_of_byte_fragments_are_scaled(tmp_path: Path) -> None:
+    fragments = qwen3_asr_fragment_ids()
+    vocab = read_json(QWEN3_ASR_DIR / "vocab.json")
+    assert len(vocab) + 7 == qwen3_asr_vocab_size()
+    assert vocab["Ġ"] not in fragments and vocab["Ċ"] not in fragments  # space, newline
+    assert vocab["ä"] in fragments and vocab["Ā"] in fragments  # a lead byte, a NUL
+    head = load_tensors(build_qwen3_asr(tmp_path))["thinker.lm_head.weight"]
+    norms = np.linalg.norm(head, axis=1)
+    others = np.setdiff1d(np.arange(len(norms)), fragments)
+    assert norms[fragments].mean() < 0.95 * norms[others].mean()
+
+
+def test_qwen3_asr_tokenizer_fixture_is_what_its_script_makes(tmp_path: Path) -> None:
+    load_fixture_script("make_qwen3_asr_tokenizer").write_all(tmp_path)
+    for name in QWEN3_ASR_RELEASED_FILES:
+        assert (tmp_path / name).read_bytes() == (QWEN3_ASR_DIR / name).read_bytes(), name
+
+
+def test_qwen3_asr_tokenizer_matches_the_reference(asr_golden: dict) -> None:
+    script = load_fixture_script("make_qwen3_asr_tokenizer")
+    tok = script.load_tokenizer(QWEN3_ASR_DIR)  # from vocab.json + merges.txt, as transformers
+    hf_tok = Tokenizer.from_file(str(QWEN3_ASR_HF_DIR / "tokenizer.json"))
+    reference = asr_golden["checkpoints"]["untied"]["tokenizer"]
+    assert tok.get_vocab_size() == hf_tok.get_vocab_size() == reference["vocab_size"]
+    for item in reference["encodings"]:
+        assert tok.encode(item["text"]).ids == item["ids"] == hf_tok.encode(item["text"]).ids
+        assert tok.decode(item["ids"], skip_special_tokens=False) == item["decoded"]
+        assert tok.decode(item["ids"], skip_special_tokens=True) == item["decoded_skip_special"]
+    asr_text = tok.token_to_id("<asr_text>")
+    assert tok.decode([asr_text], skip_special_tokens=True) == "<asr_text>"  # not special
+    for name, text in reference["prompts"].items():
+        prompt = asr_golden["checkpoints"]["untied"]["prompts"][name]
+        assert prompt["text"] == text
+        a, b = prompt["audio_span"]
+        pads = tok.encode(text).ids
+        assert prompt["input_ids"][:a] + prompt["input_ids"][b - 1 :] == pads  # one pad in text
+
+
+def test_qwen3_asr_chat_template_renders_qwen_asr_prompts(asr_golden: dict) -> None:
+    jinja2 = pytest.importorskip("jinja2")
+    template = read_json(QWEN3_ASR_DIR / "chat_template.json")["chat_template"]
+    render = jinja2.Environment().from_string(template).render
+    for prompt in asr_golden["checkpoints"]["untied"]["prompts"].values():
+        messages = [
+            {"role": "system", "content": prompt["context"]},
+            {"role": "user", "content": [{"type": "audio", "audio": ""}]},
+        ]
+        text = render(messages=messages, add_generation_prompt=True)
+        if prompt["language"]:
+            text += f"language {prompt['language']}<asr_text>"
+        assert text == prompt["text"]
+
+
+def test_qwen3_asr_golden_versions_and_size(asr_golden: dict, asr_golden_hf: dict) -> None:
+    assert asr_golden["versions"]["transformers"] == "4.57.6"
+    assert asr_golden["versions"]["qwen-asr"] == "0.0.6"
+    assert asr_golden_hf["versions"]["transformers"].startswith("5.")
+    files = [p for p in QWEN3_ASR_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 250_000, "Qwen3-ASR fixtures should stay KBs"
+
+
+@pytest.mark.parametrize("name", ASR_CHECKPOINTS)
+def test_qwen3_asr_golden_matches_builder(
+    tmp_path: Path, asr_golden: dict, asr_golden_hf: dict, name: str
+) -> None:
+    entry, hf_entry = asr_golden["checkpoints"][name], asr_golden_hf["checkpoints"][name]
+    released = build_qwen3_asr(tmp_path / "r", **entry["build"])
+    hf = build_qwen3_asr(tmp_path / "h", layout="hf", **hf_entry["build"])
+    regenerate = "regenerate the Qwen3-ASR fixtures (tests/fixtures/make_qwen3_asr_golden.py)"
+    assert read_json(released / "config.json") == entry["config"], regenerate
+    assert read_json(released / "generation_config.json") == entry["generation_config"]
+    assert tensors_sha256(released) == entry["tensors_sha256"], regenerate
+    assert hf_entry["released_tensors_sha256"] == entry["tensors_sha256"]
+    assert read_json(hf / "config.json") == hf_entry["config"], regenerate
+    assert read_json(hf / "generation_config.json") == hf_entry["generation_config"]
+    assert tensors_sha256(hf) == hf_entry["tensors_sha256"], regenerate
+    assert sorted(load_tensors(hf)) == hf_entry["tensor_names"]
+    assert entry["check"]["loading_info"] == {
+        "missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []
+    }  # fmt: skip
+
+
+def test_qwen3_asr_golden_hf_agrees_with_the_released_reference(asr_golden_hf: dict) -> None:
+    for entry in asr_golden_hf["checkpoints"].values():
+        assert entry["ties_without_top_level_flag"] is True  # why the flag is written at the top
+        for prompt in entry["prompts"].values():
+            assert prompt["same_ids"] and prompt["logits_max_abs"] < 1e-4
+        assert all(g["same_ids"] for g in entry["greedy"].values())
+    untied = asr_golden_hf["checkpoints"]["untied"]
+    assert untied["features"]["frame_mean_max_abs"] < 1e-5
+    for clip in untied["encoder"].values():
+        assert clip["vs_windowed_max_abs"] < 1e-4
+
+
+def check_logits(case: dict, tensors: dict[str, np.ndarray], vocab: int) -> None:
+    logits = tensors[case["logits"]]
+    assert logits.dtype == np.float32 and logits.shape == (8, vocab)
+    assert case["logits_start"] + 8 == len(case["input_ids"])
+    assert np.isfinite(logits).all()
+    assert case["logits_min_top2_margin"] > 1e-3
+
+
+def check_run(case: dict, vocab: int, eos: set[int], limit: int) -> None:
+    """A greedy run: ids in the vocab, EOS only last, one top-2 margin per step, no near-tie."""
+    ids = case["generated_ids"]
+    assert 1 <= len(ids) <= limit and len(case["top2_margins"]) == len(ids)
+    assert all(0 <= t < vocab for t in ids)
+    assert not eos & set(ids[:-1])
+    assert case["stopped_at_eos"] == (ids[-1] in eos)
+    assert case["stopped_at_eos"] or len(ids) == limit
+    assert min(case["top2_margins"]) > 1e-3  # a tie would make the greedy ids fragile
+
+
+def check_audio_span(case_ids: list[int], span: list[int], pad: int, frames: int) -> None:
+    a, b = span
+    assert b - a == audio_tokens(frames)
+    assert case_ids[a:b] == [pad] * (b - a) and pad not in case_ids[:a] + case_ids[b:]
+
+
+@pytest.mark.parametrize("name", ASR_CHECKPOINTS)
+def test_qwen3_asr_golden_shapes_match_config(
+    asr_golden: dict, asr_tensors: dict, name: str
+) -> None:
+    entry = asr_golden["checkpoints"][name]
+    thinker = entry["config"]["thinker_config"]
+    vocab, pad = thinker["text_config"]["vocab_size"], thinker["audio_token_id"]
+    ids = qwen3_asr_token_ids()
+    eos = {ids["<|im_end|>"], ids["<|endoftext|>"]}
+    for prompt in entry["prompts"].values():
+        check_logits(prompt, asr_tensors, vocab)
+        check_audio_span(prompt["input_ids"], prompt["audio_span"], pad, 300)
+    for case in entry["greedy"].values():
+        check_run(case, vocab, eos, 24)
+        seconds = {"hello_3s": 3, "silence_3s": 3, "synthetic_12s": 12}[case["audio"]]
+        check_audio_span(case["input_ids"], case["audio_span"], pad, seconds * 100)
+    assert entry["min_top2_margin"]["greedy"] > 1e-3
+
+
+def test_qwen3_asr_golden_encoder_and_features(asr_golden: dict, asr_tensors: dict) -> None:
+    entry = asr_golden["checkpoints"]["untied"]
+    audio = entry["config"]["thinker_config"]["audio_config"]
+    for clip in entry["encoder"].values():
+        n = audio_tokens(clip["mel_frames"])
+        assert clip["audio_tokens"] == n
+        for key in ("full", "windowed"):
+            assert asr_tensors[clip[key]].shape == (n, audio["output_dim"])
+    hello, synthetic = entry["encoder"]["hello_3s"], entry["encoder"]["synthetic_12s"]
+    np.testing.assert_array_equal(asr_tensors[hello["full"]], asr_tensors[hello["windowed"]])
+    assert asr_tensors[hello["ln_post"]].shape == (39, audio["d_model"])
+    full, windowed = asr_tensors[synthetic["full"]], asr_tensors[synthetic["windowed"]]
+    assert synthetic["mel_frames"] == 1200 and full.shape[0] == 156
+    assert np.abs(full - windowed).max() > 0.1  # the 8 s windows matter for the 12 s clip
+    features = entry["features"]
+    assert features["shape"] == [128, 300] and features["valid_frames"] == 300
+    assert asr_tensors[features["frames"]].shape == (128, 15)
+    assert asr_tensors[features["frame_mean"]].shape == (300,)
+    assert asr_tensors[features["mel_mean"]].shape == (128,)
+
+
+def test_qwen3_asr_golden_streaming_steps(asr_golden: dict) -> None:
+    """The recorded streaming runs follow qwen-asr's algorithm: 2 s chunks, whole audio
+    re-fed, prompt = prompt_raw + prefix, prefix empty for the first 2 chunks, raw = prefix +
+    generated text, and a rolled-back prefix that never ends inside a character."""
+    entry = asr_golden["checkpoints"]["untied"]
+    spec = asr_golden["streaming"]
+    tok = load_fixture_script("make_qwen3_asr_tokenizer").load_tokenizer(QWEN3_ASR_DIR)
+    pad = entry["config"]["thinker_config"]["audio_token_id"]
+    ids = qwen3_asr_token_ids()
+    eos = {ids["<|im_end|>"], ids["<|endoftext|>"]}
+    vocab = qwen3_asr_vocab_size()
+    ks = []
+    for run in entry["streaming"].values():
+        steps = run["steps"]
+        assert [s["audio_samples"] for s in steps] == [32000, 64000, 96000, 128000, 144000]
+        assert [s["finish"] for s in steps] == [False] * 4 + [True]
+        previous = ""
+        for i, step in enumerate(steps):
+            assert step["chunk_id"] == i and step["previous_raw"] == previous
+            if i < spec["unfixed_chunk_num"]:
+                assert step["prefix"] == "" and step["rollback_k"] == 0
+            else:
+                assert step["rollback_k"] >= spec["unfixed_token_num"]
+                assert previous.startswith(step["prefix"]) and "\ufffd" not in step["prefix"]
+                assert step["previous_raw_ids"] == tok.encode(previous).ids
+                kept = step["previous_raw_ids"][
+                    : len(step["previous_raw_ids"]) - step["rollback_k"]
+                ]
+                assert tok.decode(kept, skip_special_tokens=False) == step["prefix"]
+            prompt_ids = tok.encode(run["prompt_raw"] + step["prefix"]).ids
+            a, b = step["audio_span"]
+            assert step["prompt_ids"][:a] + step["prompt_ids"][b - 1 :] == prompt_ids
+            check_audio_span(
+                step["prompt_ids"], step["audio_span"], pad, step["audio_samples"] // 160
+            )
+            check_run(step, vocab, eos, spec["max_new_tokens"])
+            assert step["raw"] == step["prefix"] + step["generated_text"]
+            previous = step["raw"]
+            ks.append(step["rollback_k"])
+    assert max(ks) > spec["unfixed_token_num"], "a U+FFFD rollback case is covered"
