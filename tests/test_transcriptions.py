@@ -22,7 +22,9 @@ def wav(x: np.ndarray, rate: int = 16000) -> bytes:
 
 @pytest.fixture
 def two_turns() -> bytes:
-    return wav(np.concatenate([silence(500), speech(), silence(1200), speech("weather"), silence(800)]))
+    return wav(
+        np.concatenate([silence(500), speech(), silence(1200), speech("weather"), silence(800)])
+    )
 
 
 def test_transcription_formats(url, two_turns):
@@ -33,7 +35,9 @@ def test_transcription_formats(url, two_turns):
     assert len(verbose.segments) >= 2
     assert verbose.text == " ".join(s.text for s in verbose.segments)
     assert verbose.segments[0].start == pytest.approx(0.2, abs=0.25)
-    assert all(a.end <= b.start for a, b in zip(verbose.segments, verbose.segments[1:], strict=False))
+    assert all(
+        a.end <= b.start for a, b in zip(verbose.segments, verbose.segments[1:], strict=False)
+    )
     plain = client.audio.transcriptions.create(model="tone-asr", file=("a.wav", two_turns))
     assert plain.text == verbose.text
     text = client.audio.transcriptions.create(
@@ -65,7 +69,9 @@ def test_transcription_streams_stable_text(url, two_turns):
 def test_transcription_other_containers(url):
     buf = io.BytesIO()
     sf.write(buf, np.concatenate([silence(300), speech(), silence(700)]), 16000, format="OGG")
-    r = httpx.post(f"http://{url}/v1/audio/transcriptions", files={"file": ("a.ogg", buf.getvalue())})
+    r = httpx.post(
+        f"http://{url}/v1/audio/transcriptions", files={"file": ("a.ogg", buf.getvalue())}
+    )
     assert r.status_code == 200 and r.json()["text"]
 
 

@@ -172,30 +172,27 @@ class Qwen3ASRConfig:
     audio: AuTConfig
     text: Qwen3Config
     audio_token_id: int
-    audio_start_token_id: int
-    audio_end_token_id: int
     layout: str  # "released" | "hf"
     languages: tuple[str, ...] = field(default=())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Qwen3ASRConfig:
+    def from_dict(cls, d: dict[str, Any], lm_head_stored: bool) -> Qwen3ASRConfig:
+        """Tying follows the weights, not the flags: the released layout says it in
+        text_config, the -hf one at the top level (and converters drop it)."""
         layout = "released" if "thinker_config" in d else "hf"
         inner = d.get("thinker_config", d)
-        text = dict(inner["text_config"])
-        text.setdefault("tie_word_embeddings", d.get("tie_word_embeddings", False))
+        text = {**inner["text_config"], "tie_word_embeddings": not lm_head_stored}
         return cls(
             audio=AuTConfig.from_dict(inner["audio_config"]),
             text=Qwen3Config.from_dict(text),
             audio_token_id=inner.get("audio_token_id", 151676),
-            audio_start_token_id=inner.get("audio_start_token_id", 151669),
-            audio_end_token_id=inner.get("audio_end_token_id", 151670),
             layout=layout,
             languages=tuple(d.get("support_languages") or ()),
         )
 
     @classmethod
-    def from_folder(cls, path: Path) -> Qwen3ASRConfig:
-        return cls.from_dict(json.loads((path / "config.json").read_text()))
+    def from_folder(cls, path: Path, lm_head_stored: bool) -> Qwen3ASRConfig:
+        return cls.from_dict(json.loads((path / "config.json").read_text()), lm_head_stored)
 
 
 # checkpoint key prefix -> ours, per layout
