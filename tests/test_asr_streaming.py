@@ -18,8 +18,8 @@ from engine.rollback import RollbackConfig
 from engine.runtime import Runtime
 from engine.sampling import SamplingParams
 from engine.streaming import Final, Partial, StreamOptions
-from tests.qwen3_golden import agree_until_margin
-from tests.tiny_models import build_qwen3_asr as build_checkpoint, qwen3_asr_audio
+from tests.tiny_models import build_qwen3_asr as build_checkpoint
+from tests.tiny_models import qwen3_asr_audio
 
 pytestmark = pytest.mark.anyio
 CPU = dict(device="cpu", dtype=torch.float32, block_size=4, num_blocks=4096)

@@ -21,7 +21,8 @@ from engine.runtime import Runtime
 from engine.sampling import SamplingParams
 from engine.streaming import Final, Partial, StreamOptions
 from tests.qwen3_golden import agree_until_margin, prompt_logits
-from tests.tiny_models import FIXTURES, build_qwen3_asr as build_checkpoint, qwen3_asr_audio
+from tests.tiny_models import FIXTURES, qwen3_asr_audio
+from tests.tiny_models import build_qwen3_asr as build_checkpoint
 
 GOLDEN = FIXTURES / "qwen3_asr"
 CPU = EngineConfig(device="cpu", dtype=torch.float32, block_size=4, num_blocks=1024)
