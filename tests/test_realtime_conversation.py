@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 from openai import AsyncOpenAI
 
@@ -129,8 +130,8 @@ async def test_cancel_stops_the_reply_and_frees_the_engine(served):
 
 async def test_items_out_of_place_and_bad_requests(served):
     c = await conversation(served[1])
-    await c.send("input_audio_buffer.append", audio="AAAA")
-    assert (await c.wait_for("error"))["error"]["code"] == "unsupported_in_conversation_session"
+    await c.send("input_audio_buffer.append", audio="AAAA")  # speech goes in, but whole samples
+    assert (await c.wait_for("error"))["error"]["code"] == "invalid_audio"
     audio_item = {
         "type": "message",
         "role": "user",
@@ -202,3 +203,37 @@ async def test_sdk_conversation(model_dir, served):
         12,
     )
     assert text == want and event.response.status in ("completed", "incomplete")
+
+
+async def test_voice_assistant_on_one_socket(served):
+    """Speech -> server VAD turn -> transcript -> a reply streamed back; speaking again cancels it."""
+    from tests.test_realtime import silence, speech
+
+    c = await RealtimeClient.connect(served[1], query="model=tiny-chat")
+    created = await c.recv()
+    assert created["session"]["audio"]["input"]["turn_detection"]["create_response"] is True
+    session = {
+        "type": "realtime",
+        "instructions": INSTRUCTIONS,
+        "temperature": 0,
+        "max_output_tokens": 200,
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}},
+    }
+    await c.send("session.update", session=session)
+    await c.wait_for("session.updated")
+    turn = pcm16(np.concatenate([silence(300), speech(), silence(900)]))
+    await c.append(turn, chunk=6400)
+    done = await c.wait_for("conversation.item.input_audio_transcription.completed")
+    assert done["transcript"]
+    created = await c.wait_for("response.created")
+    await c.wait_for("response.output_text.delta")
+    await c.append(turn, chunk=6400)  # the user speaks again while the reply streams
+    first = await c.wait_for("response.done")
+    assert first["response"]["id"] == created["response"]["id"]
+    assert first["response"]["status"] == "cancelled", first["response"]["status"]
+    second = await c.wait_for("response.done", timeout=30)
+    assert second["response"]["id"] != first["response"]["id"]
+    # the second reply answered a conversation holding both turns and the first reply's text
+    users = [e for e in c.of("conversation.item.added") if e["item"]["role"] == "user"]
+    assert len(users) == 2
+    await c.close()

@@ -67,6 +67,8 @@ class RealtimeConnection(Connection):
         self.noise_reduction = None
         self.client_event_id: str | None = None
         self.conversation: Conversation | None = None
+        self.create_response = True  # conversation: a transcribed turn gets a reply
+        self.interrupt = True  # conversation: speech cancels the reply in progress
 
     # ---- wire format ----
 
@@ -115,18 +117,10 @@ class RealtimeConnection(Connection):
         self.send({"type": "session.created", "session": self.session_object()})
 
     def start_transcription(self, model: str | None) -> None:
-        try:
-            asr = self.server.asr_model(model)
-        except UnknownModel as e:
-            raise SessionError("model_not_found", str(e), "model") from None
         self.close_conversation()
-        self.transcription["model"] = asr.name
-        self.session = TranscriptionSession(
-            Settings(model=asr, input=InputFormat("pcm16", 24_000)),
-            self.server.config.limits,
-            self.server.metrics,
-            self.on_session_event,
-        )
+        if self.session is not None:
+            self.session.close()
+        self.start_audio_input(model)
 
     def start_conversation(self, model: str | None) -> None:
         if model is None:
@@ -143,6 +137,23 @@ class RealtimeConnection(Connection):
             self.session = None
         self.close_conversation()
         self.conversation = Conversation(chat, self.send)
+        # speech in: turns are transcribed, join the conversation, and get a reply
+        if any(m.kind == "asr" for m in self.server.models.values()):
+            self.start_audio_input(None)
+            self.session.update(replace(self.session.settings, vad=VadConfig()))
+
+    def start_audio_input(self, model: str | None) -> None:
+        try:
+            asr = self.server.asr_model(model)
+        except UnknownModel as e:
+            raise SessionError("model_not_found", str(e), "model") from None
+        self.transcription["model"] = asr.name
+        self.session = TranscriptionSession(
+            Settings(model=asr, input=InputFormat("pcm16", 24_000)),
+            self.server.config.limits,
+            self.server.metrics,
+            self.on_session_event,
+        )
 
     def close_conversation(self) -> None:
         if self.conversation is not None:
@@ -155,25 +166,29 @@ class RealtimeConnection(Connection):
 
     def session_object(self) -> dict:
         if self.conversation is not None:
-            return self.conversation.session_object(self.session_id)
-        s = self.session.settings
-        fmt = {v: k for k, v in GA_FORMATS.items()}[s.input.codec]
+            obj = self.conversation.session_object(self.session_id)
+            if self.session is not None:
+                obj["audio"] = {"input": self.audio_input_object()}
+            return obj
         return {
             "type": "transcription",
             "object": "realtime.transcription_session",
             "id": self.session_id,
-            "audio": {
-                "input": {
-                    "format": {
-                        "type": fmt,
-                        **({"rate": s.input.rate} if fmt == "audio/pcm" else {}),
-                    },
-                    "transcription": dict(self.transcription),
-                    "noise_reduction": self.noise_reduction,
-                    "turn_detection": turn_detection_object(s.vad),
-                }
-            },
+            "audio": {"input": self.audio_input_object()},
             "include": [],
+        }
+
+    def audio_input_object(self) -> dict:
+        s = self.session.settings
+        fmt = {v: k for k, v in GA_FORMATS.items()}[s.input.codec]
+        turn = turn_detection_object(s.vad)
+        if turn is not None and self.conversation is not None:
+            turn |= {"create_response": self.create_response, "interrupt_response": self.interrupt}
+        return {
+            "format": {"type": fmt, **({"rate": s.input.rate} if fmt == "audio/pcm" else {})},
+            "transcription": dict(self.transcription),
+            "noise_reduction": self.noise_reduction,
+            "turn_detection": turn,
         }
 
     def beta_session_object(self) -> dict:
@@ -221,7 +236,7 @@ class RealtimeConnection(Connection):
         if self.session is None:
             raise SessionError(
                 "unsupported_in_conversation_session",
-                "audio input is served by transcription sessions (session.type `transcription`)",
+                "this server has no speech model for audio input",
             )
         return self.session
 
@@ -239,15 +254,18 @@ class RealtimeConnection(Connection):
             if self.conversation is None or (model and model != self.conversation.model.name):
                 self.start_conversation(model or None)
             self.conversation.update(session)
-            self.send({"type": "session.updated", "session": self.session_object()})
-            return
-        if self.session is None:
+        elif self.conversation is not None or self.session is None:
             self.start_transcription(None)
         audio_in = _object(
             _object(session.get("audio", {}), "session.audio").get("input", {}),
             "session.audio.input",
         )
-        settings = self.session.settings
+        if audio_in:
+            self.apply_audio_input(audio_in)
+        self.send({"type": "session.updated", "session": self.session_object()})
+
+    def apply_audio_input(self, audio_in: dict) -> None:
+        settings = self.transcribing().settings
         if "format" in audio_in:
             settings = replace(settings, input=parse_ga_format(audio_in["format"]))
         if "transcription" in audio_in:
@@ -255,16 +273,22 @@ class RealtimeConnection(Connection):
                 settings, audio_in["transcription"], "session.audio.input.transcription"
             )
         if "turn_detection" in audio_in:
-            settings = replace(
-                settings,
-                vad=parse_turn_detection(
-                    audio_in["turn_detection"], "session.audio.input.turn_detection"
-                ),
-            )
+            td = audio_in["turn_detection"]
+            param = "session.audio.input.turn_detection"
+            settings = replace(settings, vad=parse_turn_detection(td, param))
+            for key, attr in (
+                ("create_response", "create_response"),
+                ("interrupt_response", "interrupt"),
+            ):
+                if isinstance(td, dict) and key in td:
+                    if not isinstance(td[key], bool):
+                        raise SessionError(
+                            "invalid_value", f"{key} must be true or false", f"{param}.{key}"
+                        )
+                    setattr(self, attr, td[key])
         if "noise_reduction" in audio_in:
             self.noise_reduction = audio_in["noise_reduction"]  # accepted; audio is not filtered
         self.session.update(settings)
-        self.send({"type": "session.updated", "session": self.session_object()})
 
     async def on_transcription_session_update(self, event: dict) -> None:
         session = _object(event.get("session"), "session")
@@ -340,6 +364,8 @@ class RealtimeConnection(Connection):
     def on_session_event(self, ev: SessionEvent) -> None:
         match ev:
             case SpeechStart():
+                if self.conversation is not None and self.interrupt:
+                    self.conversation.interrupt()
                 self.send(
                     {
                         "type": "input_audio_buffer.speech_started",
@@ -358,6 +384,8 @@ class RealtimeConnection(Connection):
             case Committed():
                 item = self.item_id(ev.segment)
                 previous, self.last_item = self.last_item, item
+                if self.conversation is not None:
+                    previous = self.conversation.add_audio_item(item)
                 self.send(
                     {
                         "type": "input_audio_buffer.committed",
@@ -417,6 +445,9 @@ class RealtimeConnection(Connection):
                     }
                 )
                 self.send({"type": "conversation.item.done", "item": user_item(item, ev.text)})
+                if self.conversation is not None:
+                    auto = self.create_response and self.session.settings.vad is not None
+                    self.conversation.transcribed(item, ev.text, respond=auto)
             case TranscriptFailed():
                 item = self.items.pop(ev.segment, None) or new_id("item")
                 self.send(

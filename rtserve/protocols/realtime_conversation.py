@@ -36,6 +36,7 @@ class Conversation:
         self.max_output_tokens: int | None = None
         self.temperature = 0.8
         self.active: tuple[str, asyncio.Task] | None = None  # (response id, task)
+        self.queued = False  # a transcribed turn waits for the reply in progress to end
 
     # ---- session ----
 
@@ -99,6 +100,34 @@ class Conversation:
                 self.send({"type": "conversation.item.deleted", "item_id": item_id})
                 return
         raise SessionError("item_not_found", f"no item {item_id!r}", "item_id")
+
+    # ---- speech turns ----
+
+    def add_audio_item(self, item_id: str) -> str | None:
+        """A committed speech turn joins the conversation (its transcript follows); returns the
+        id of the item before it."""
+        previous = self.items[-1]["id"] if self.items else None
+        content = [{"type": "input_audio", "transcript": None}]
+        self.items.append(
+            {"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
+             "role": "user", "content": content}
+        )  # fmt: skip
+        return previous
+
+    def transcribed(self, item_id: str, text: str, respond: bool) -> None:
+        for item in self.items:
+            if item["id"] == item_id:
+                item["content"][0]["transcript"] = text
+        if respond and text.strip():
+            if self.active is None:
+                self.create_response({})
+            else:
+                self.queued = True
+
+    def interrupt(self) -> None:
+        """The user speaks again: the reply in progress stops."""
+        if self.active is not None:
+            self.active[1].cancel()
 
     # ---- responses ----
 
@@ -206,6 +235,10 @@ class Conversation:
             with contextlib.suppress(Exception):
                 self._finish(rid, item, where, text, last, status, details, into_conversation)
             self.active = None
+            if self.queued:
+                self.queued = False
+                with contextlib.suppress(SessionError):
+                    self.create_response({})
 
     def _finish(
         self, rid, item, where, text, last: Output | None, status, details, into_conversation
@@ -309,4 +342,4 @@ def _message_item(item: Any, param: str) -> dict:
 
 
 def _text(item: dict) -> str:
-    return "".join(p["text"] for p in item["content"])
+    return "".join(p.get("text") or p.get("transcript") or "" for p in item["content"])
