@@ -26,7 +26,8 @@ from engine.sampling import SamplingParams
 from tests.clients import NativeClient, RealtimeClient, at_rate, pcm16
 from tests.qwen3_golden import checkpoint as chat_checkpoint
 from tests.server import make_server, running
-from tests.tiny_models import build_qwen3_asr as build_checkpoint, qwen3_asr_audio
+from tests.tiny_models import build_qwen3_asr as build_checkpoint
+from tests.tiny_models import qwen3_asr_audio
 
 CPU = dict(device="cpu", dtype=torch.float32, block_size=4, num_blocks=4096)
 SHORT = qwen3_asr_audio("hello_3s")[: int(1.9 * 16000)]  # under one step: a single decode
