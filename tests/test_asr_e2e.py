@@ -1,4 +1,4 @@
-"""Every protocol end to end on a real tiny Qwen3-ASR checkpoint (and a tiny chat model beside it)."""
+"""Every protocol end to end on a real tiny Qwen3-ASR checkpoint, beside a tiny chat model."""
 
 from __future__ import annotations
 

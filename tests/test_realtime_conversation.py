@@ -206,7 +206,7 @@ async def test_sdk_conversation(model_dir, served):
 
 
 async def test_voice_assistant_on_one_socket(served):
-    """Speech -> server VAD turn -> transcript -> a reply streamed back; speaking again cancels it."""
+    """Speech -> VAD turn -> transcript -> a reply streamed back; speaking again cancels it."""
     from tests.test_realtime import silence, speech
 
     c = await RealtimeClient.connect(served[1], query="model=tiny-chat")
