@@ -42,16 +42,19 @@ def long_audio(seconds: float, burst_at: float | None = None) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def naive_refeed(model_dir, audio: np.ndarray, uptos: list[int]) -> list[list[int]]:
+def naive_refeed(
+    model_dir, audio: np.ndarray, uptos: list[int], device: str = "cpu"
+) -> list[list[int]]:
     """The official algorithm with no reuse: whole features, whole encoder, no prefix cache."""
-    model, tok = build_qwen3_asr(model_dir, EngineConfig(**CPU, enable_prefix_caching=False))
-    engine = Engine(model.decoder, tok, EngineConfig(**CPU, enable_prefix_caching=False))
+    config = EngineConfig(**{**CPU, "device": device}, enable_prefix_caching=False)
+    model, tok = build_qwen3_asr(model_dir, config)
+    engine = Engine(model.decoder, tok, config)
     prompt = build_prompt(tok)
     raw, outputs = "", []
     for k, upto in enumerate(uptos):
         final = k == len(uptos) - 1
         prefix = "" if k < 2 else rollback(tok, raw, 5, final=final)
-        feats, _ = whisper_features(torch.from_numpy(audio[:upto]))
+        feats, _ = whisper_features(torch.from_numpy(audio[:upto]).to(device))
         with torch.inference_mode():
             enc = model.encoder(feats[0])
         ids = prompt.ids(tok, enc.shape[0], prefix)

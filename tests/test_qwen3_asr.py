@@ -88,8 +88,9 @@ def test_encoder_matches_whole_and_windowed(root, clip):
 
 
 def audio_embeds(model, clip: str, start: int, window: bool = True) -> list[InjectedEmbeds]:
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        out = model.encoder(features(clip), window_frames=-1 if window else None)
+        out = model.encoder(features(clip).to(device), window_frames=-1 if window else None)
     return [InjectedEmbeds(start, out)]
 
 
@@ -102,8 +103,8 @@ def test_prompts_and_logits_match(root, name):
         a, b = case["audio_span"]
         assert prompt.ids(tok, b - a) == case["input_ids"]
         embeds = audio_embeds(model, "hello_3s", a)
-        got = prompt_logits(engine, case["input_ids"], embeds)[case["logits_start"] :]
-        torch.testing.assert_close(got, tensors()[case["logits"]], atol=1e-4, rtol=1e-4)
+        got = prompt_logits(engine, case["input_ids"], embeds)[case["logits_start"] :].cpu()
+        torch.testing.assert_close(got, tensors()[case["logits"]], atol=2e-4, rtol=2e-4)
 
 
 @pytest.mark.parametrize("name", ["untied", "tied"])
