@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import get_args
 
 from engine.loader import ModelLoadError, default_spec, load, parse_spec
+from engine.rollback import RollbackConfig
 from engine.runtime import shared_runtime
 from rtserve.config import Limits, PerformanceMode, ServerConfig
 
@@ -69,6 +70,31 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--api-key", default=None, help="require this key on every endpoint")
     s.add_argument("--performance-mode", choices=get_args(PerformanceMode), default="balanced")
+    r = RollbackConfig()
+    s.add_argument(
+        "--asr-step-seconds",
+        type=float,
+        default=r.step_seconds,
+        help="rollback streaming (Qwen3-ASR): seconds of audio per step (default %(default)s)",
+    )
+    s.add_argument(
+        "--asr-rollback-tokens",
+        type=int,
+        default=r.unfixed_tokens,
+        help="tokens of the previous output that a step may revise (default %(default)s)",
+    )
+    s.add_argument(
+        "--asr-unfixed-steps",
+        type=int,
+        default=r.unfixed_chunks,
+        help="first steps of a segment with no text prefix (default %(default)s)",
+    )
+    s.add_argument(
+        "--asr-max-new-tokens",
+        type=int,
+        default=r.max_new_tokens,
+        help="tokens a step may generate (default %(default)s)",
+    )
     s.add_argument("--log-level", default="info")
     _limit_flags(s)
     t = sub.add_parser("transcribe", help="transcribe audio files and print the transcript")
@@ -166,7 +192,14 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
         max_segment_seconds=a.max_segment_seconds,
         max_lag_ms=a.max_lag_ms,
     )
+    rollback = RollbackConfig(
+        step_seconds=a.asr_step_seconds,
+        unfixed_chunks=a.asr_unfixed_steps,
+        unfixed_tokens=a.asr_rollback_tokens,
+        max_new_tokens=a.asr_max_new_tokens,
+    )
     return ServerConfig(
+        rollback=rollback,
         host=a.host,
         port=a.port,
         models=tuple(a.model),
@@ -183,7 +216,10 @@ def load_models(config: ServerConfig) -> dict:
         if spec.served_name in models:
             raise ModelLoadError(f"two models are named {spec.served_name!r}: use NAME=PATH")
         models[spec.served_name] = load(
-            spec, performance_mode=config.performance_mode, runtime=shared_runtime()
+            spec,
+            performance_mode=config.performance_mode,
+            runtime=shared_runtime(),
+            rollback=config.rollback,
         )
     return models
 

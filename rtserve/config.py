@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from engine.rollback import RollbackConfig
+
 PerformanceMode = Literal["interactivity", "balanced", "throughput"]
 
 
@@ -42,3 +44,4 @@ class ServerConfig:
     api_key: str | None = None
     performance_mode: PerformanceMode = "balanced"
     limits: Limits = field(default_factory=Limits)
+    rollback: RollbackConfig = field(default_factory=RollbackConfig)  # Qwen3-ASR streaming

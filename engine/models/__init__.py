@@ -24,7 +24,7 @@ def model_type(path: Path) -> str | None:
         return None
 
 
-def _load_qwen3(path: Path, name: str, **options: Any) -> Any:
+def _load_qwen3(path: Path, name: str, rollback: Any = None, **options: Any) -> Any:
     from engine.chat import load_qwen3
 
     return load_qwen3(path, name, **options)
