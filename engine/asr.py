@@ -183,7 +183,10 @@ class AsrWorker:
             for s, p in plans
             for w, (raw, _, _) in p.encode.items()
         ]
-        outputs = self.model.encoder.encode_windows([f for _, _, f in jobs]) if jobs else []
+        dtype = self.model.encoder.conv_out.weight.dtype  # features are float32; bf16 models
+        outputs = (
+            self.model.encoder.encode_windows([f.to(dtype) for _, _, f in jobs]) if jobs else []
+        )
         encoded: dict[int, dict[int, torch.Tensor]] = {}
         for (s, w, _), out in zip(jobs, outputs, strict=True):
             encoded.setdefault(id(s), {})[w] = out
@@ -194,10 +197,13 @@ class AsrWorker:
             mine = encoded.get(id(s), {})
             ids, embeds = s.segment.request(plan, mine)
             rid = f"asr-{next(self._ids)}"
-            params = SamplingParams(temperature=0.0, max_tokens=self.config.max_new_tokens)
-            self.engine.add(ids, params, rid, INTERACTIVE, embeds)
+            self.engine.add(ids, self._params(plan), rid, INTERACTIVE, embeds)
             s.in_flight = (rid, plan, ids, sum(t.shape[0] for t in mine.values()))
             s.tokens = []
+
+    def _params(self, plan: StepPlan) -> SamplingParams:
+        """How a step decodes (the bench overrides it to fix output lengths)."""
+        return SamplingParams(temperature=0.0, max_tokens=self.config.max_new_tokens)
 
     def _collect(self, out: Output) -> None:
         s = next(
@@ -242,8 +248,9 @@ class AsrWorker:
         self._emit(s, Partial(s.index, stable, unstable, s.revision, s.base + plan.upto))
 
     def _finalize(self, s: Stream, language: str, transcript: str) -> None:
-        self._emit(s, Final(s.index, transcript, language_code(language)))
-        self._next_segment(s)
+        final = Final(s.index, transcript, language_code(language))
+        self._next_segment(s)  # the state is reset before anyone hears of the final
+        self._emit(s, final)
         self._maybe_close(s)
 
     def _next_segment(self, s: Stream) -> None:

@@ -80,7 +80,16 @@ def backend(name: str | None = None, device: str = "cpu") -> AttentionBackend:
     from kernels.sdpa import SdpaAttention
     from kernels.varlen import VarlenAttention
 
-    backends = {"sdpa": SdpaAttention, "torch-varlen": VarlenAttention}
+    def triton_paged() -> AttentionBackend:  # imports triton only when asked for
+        from kernels.triton_paged import TritonPagedAttention
+
+        return TritonPagedAttention()
+
+    backends = {
+        "sdpa": SdpaAttention,
+        "torch-varlen": VarlenAttention,
+        "triton-paged": triton_paged,
+    }
     name = name or ("torch-varlen" if str(device).startswith("cuda") else "sdpa")
     if name not in backends:
         raise ValueError(f"unknown attention backend {name!r}; available: {sorted(backends)}")
