@@ -100,6 +100,10 @@ class Segment:
         self.raw = ""  # the last output
         self.prefix = ""  # the text prefix of the next step (never shrinks)
         self.windows: dict[int, Window] = {}
+        # the stream's bookkeeping of this segment
+        self.index = 0  # its number in the stream
+        self.committed = False  # no more audio: its final step is next
+        self.revision = 0  # partial updates sent
 
     def feed(self, x: np.ndarray) -> None:
         self.audio = np.concatenate([self.audio, x])

@@ -120,11 +120,66 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default=None)
     c.add_argument("--dtype", default=None)
     c.add_argument("--out", type=Path, default=Path("bench/results"))
+    _bench_asr_flags(work)
     return p
+
+
+def _bench_asr_flags(work) -> None:
+    from engine.bench.asr import DEFAULT_BASELINE_PYTHON, DEFAULT_WORKLOADS, WORKLOADS
+    from engine.bench.synthetic import SHAPES
+
+    r = work.add_parser("asr", help="Qwen3-ASR streaming: step work, capacity, offline, wire")
+    r.add_argument(
+        "--shape", default="qwen3-asr-0.6b", choices=sorted(SHAPES), help="random weights"
+    )
+    r.add_argument("--model", type=Path, default=None, help="a checkpoint folder instead")
+    r.add_argument(
+        "--workloads",
+        type=_names,
+        default=",".join(DEFAULT_WORKLOADS),
+        help=f"comma-separated, of {','.join(WORKLOADS)} (default %(default)s)",
+    )
+    r.add_argument("--segment-seconds", type=float, default=300.0, help="steps: segment length")
+    r.add_argument("--positions", type=_floats, default=(10.0, 60.0, 300.0), help="steps shown")
+    r.add_argument("--streams", type=_ints, default=(16, 32, 64, 128, 256), help="capacity")
+    r.add_argument("--duration", type=float, default=30.0, help="capacity and wire, seconds")
+    r.add_argument("--segment-seconds-live", type=float, default=20.0, help="commit cadence")
+    r.add_argument(
+        "--drain-seconds", type=float, default=10.0, help="capacity: wait for late partials"
+    )
+    r.add_argument("--concurrency", type=int, default=128, help="offline clips at once")
+    r.add_argument("--clip-seconds", type=float, default=20.0, help="offline clip length")
+    r.add_argument("--token-rate", type=float, default=4.0, help="output tokens per second")
+    r.add_argument("--header-tokens", type=int, default=4, help="`language X<asr_text>`")
+    r.add_argument("--wire-streams", type=int, default=128, help="wire: WebSockets")
+    r.add_argument("--procs", type=int, default=4, help="wire: load generator processes")
+    r.add_argument(
+        "--baseline-python",
+        default=DEFAULT_BASELINE_PYTHON,
+        help="an interpreter with qwen-asr and transformers 4.57.6 (default %(default)s)",
+    )
+    r.add_argument("--baseline-repeats", type=int, default=3, help="baseline runs per step")
+    r.add_argument("--performance-mode", choices=get_args(PerformanceMode), default="balanced")
+    r.add_argument("--device", default=None)
+    r.add_argument("--dtype", default=None)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", type=Path, default=Path("bench/results"))
+    s = r.add_argument_group("--serve: the wire workload's server (fixed output lengths)")
+    s.add_argument("--serve", action="store_true", help="serve --model instead of benchmarking")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-sessions", type=int, default=Limits().max_sessions)
 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(","))
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 def transcribe_files(a: argparse.Namespace) -> int:
@@ -162,6 +217,8 @@ def transcribe_files(a: argparse.Namespace) -> int:
 
 
 def bench(a: argparse.Namespace) -> int:
+    if a.workload == "asr":
+        return bench_asr(a)
     from engine.bench import chat
 
     b = chat.ChatBench(
@@ -180,6 +237,83 @@ def bench(a: argparse.Namespace) -> int:
     result = chat.run(b)
     name = f"chat-{a.model.name if a.model else a.shape}"
     print(chat.summarize(result, a.out, name))
+    return 0
+
+
+def bench_asr(a: argparse.Namespace) -> int:
+    from engine.bench import asr
+
+    if a.serve:
+        return bench_asr_serve(a)
+    b = asr.AsrBench(
+        shape=None if a.model else a.shape,
+        model=a.model,
+        workloads=a.workloads,
+        segment_seconds=a.segment_seconds,
+        positions=a.positions,
+        streams=a.streams,
+        duration=a.duration,
+        segment_seconds_live=a.segment_seconds_live,
+        drain_seconds=a.drain_seconds,
+        concurrency=a.concurrency,
+        clip_seconds=a.clip_seconds,
+        token_rate=a.token_rate,
+        header_tokens=a.header_tokens,
+        wire_streams=a.wire_streams,
+        procs=a.procs,
+        baseline_python=a.baseline_python,
+        baseline_repeats=a.baseline_repeats,
+        performance_mode=a.performance_mode,
+        seed=a.seed,
+    )
+    if a.device:
+        b.device = a.device
+    if a.dtype:
+        b.dtype = a.dtype
+    try:
+        result = asr.run(b)
+    except asr.BenchError as e:
+        print(f"rtserve: {e}", file=sys.stderr)
+        return 2
+    print(asr.summarize(result, a.out, f"asr-{b.name}"))
+    return 0
+
+
+def bench_asr_serve(a: argparse.Namespace) -> int:
+    """The server of the wire workload: `rtserve serve` on one Qwen3-ASR checkpoint, with every
+    step decoding the bench's fixed number of tokens (a random model never emits EOS)."""
+    import torch
+    import uvicorn
+
+    from engine.bench.asr import OutputLengths, load_fixed
+    from rtserve.app import build_app
+    from rtserve.server import Server
+
+    if a.model is None:
+        print("rtserve: bench asr --serve needs --model", file=sys.stderr)
+        return 2
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        port=a.port,
+        models=(str(a.model),),
+        performance_mode=a.performance_mode,
+        limits=Limits(max_sessions=a.max_sessions),
+    )
+    overrides = {"device": a.device} if a.device else {}
+    if a.dtype:
+        overrides["dtype"] = getattr(torch, a.dtype)
+    lengths = OutputLengths(a.token_rate, a.header_tokens)
+    model = load_fixed(
+        a.model, a.model.name, lengths, shared_runtime(), a.performance_mode, **overrides
+    )
+    app = build_app(Server(config, {model.name: model}))
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        ws_max_size=config.limits.max_frame_bytes,
+        log_level="warning",
+    )
     return 0
 
 

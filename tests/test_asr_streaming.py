@@ -148,7 +148,7 @@ async def test_segments_return_state_to_baseline(model_dir):
         assert isinstance(event, Final) and event.segment == i
         assert blocks.num_free == blocks.num_blocks  # KV pool back to baseline
         stream = worker.streams[0]
-        assert stream.segment is None and stream.in_flight is None  # no encoder cache left
+        assert stream.queue == [] and stream.in_flight is None  # no encoder cache left
     handle.finish()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(anext(events), 10)
@@ -181,3 +181,21 @@ async def test_clear_and_cancel_free_the_engine(model_dir):
         and worker.engine.blocks.num_free == worker.engine.blocks.num_blocks
     )
     runtime.shutdown()
+
+
+async def test_audio_after_a_commit_opens_the_next_segment(model_dir):
+    """The next turn's first audio can arrive before the committed turn's final step runs: it
+    belongs to the next segment, never to the committed one."""
+    runtime = Runtime()
+    model = load_qwen3_asr(model_dir, "tiny", runtime=runtime, rollback=ROLLBACK, **CPU)
+    model.worker.trace = trace = []
+    handle = model.open_stream(StreamOptions())
+    audio = qwen3_asr_audio("stream_9s")
+    handle.feed(audio[:16000])
+    handle.commit()
+    handle.feed(audio[16000:40000])  # before the worker has run the final of segment 0
+    handle.commit()
+    events = [await asyncio.wait_for(anext(aiter(handle)), 30) for _ in range(2)]
+    runtime.shutdown()
+    assert [(type(e), e.segment) for e in events] == [(Final, 0), (Final, 1)]
+    assert [t.upto for t in trace] == [16000, 24000]

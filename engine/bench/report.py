@@ -74,3 +74,37 @@ def plot_bars(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def plot_lines(path: Path, title: str, panels: list[dict[str, Any]]) -> bool:
+    """Line plots side by side, one per panel: {"title", "xlabel", "ylabel", "series": {label:
+    (xs, ys)}, and optionally "logx", "logy"}. False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for label, (xs, ys) in panel["series"].items():
+            points = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+        if panel.get("logx"):
+            ax.set_xscale("log", base=2)
+        if panel.get("logy"):
+            ax.set_yscale("log")
+        ax.set_xlabel(panel["xlabel"])
+        ax.set_ylabel(panel["ylabel"])
+        ax.set_title(panel["title"])
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

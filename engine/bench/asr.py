@@ -1,0 +1,879 @@
+"""`rtserve bench asr`: Qwen3-ASR streaming on the engine, against the official re-feed loop.
+
+Workloads (`--workloads`, default all but wire):
+- steps: one stream, one long segment fed 2 s at a time; for the steps at `positions` seconds:
+  audio tokens encoded, prompt tokens computed (the rest came from the prefix cache), prompt
+  length, and the step's wall time (feed to partial). Work per step stays flat; only the text
+  prefix grows.
+- capacity: N streams in process, each fed 100 ms of audio every 100 ms of wall time for
+  `duration` seconds and committing a segment every `segment_seconds_live` (as VAD would; the
+  first segment of each stream has a random length, and stream starts are spread over one step,
+  so steps and commits do not all fall on the same instant). Partial latency runs from the wall
+  time of the feed that closed a step (the one holding its last sample: the feed that made it
+  due) to the arrival of its Partial on the event loop. Also: steps merged because the previous
+  one ran late, final latency (commit to Final), the largest backlog (audio fed and not yet
+  heard by the model; a step's 2 s is its floor), what was left when the drain ended, and the
+  largest N whose p95 stays under 300 ms.
+- offline: `concurrency` clips of `clip_seconds`, each fed whole and committed at once;
+  audio seconds transcribed per wall second.
+- baseline: qwen-asr's transformers backend in a subprocess (`bench/qwen_asr_baseline.py`, run
+  by `baseline_python`: it needs transformers 4.57.6, which this environment never has), on the
+  same weights (a released-layout checkpoint written for it), the same audio and the same output
+  lengths: the official algorithm re-run naively at the steps' positions (features, the whole
+  encoder, a full prefill and the decode, nothing cached), and `transcribe`'s batched generate
+  over the offline clips.
+- wire: the server in a subprocess (`rtserve bench asr --serve`: the real app, sessions and
+  protocol, with the fixed output lengths below) and `bench/loadgen.py` opening `wire_streams`
+  WebSockets on /v1/stream from `procs` processes.
+
+Output lengths. A random decoder never ends a transcript, so every step here decodes a fixed
+number of tokens (`ignore_eos`), those of a transcript of `token_rate` tokens per second of
+speech after a `header` (`language X<asr_text>`, 4 tokens): a step generates what its text prefix
+lacks of `header + ceil(rate * audio seconds)`. The first steps (no prefix) generate
+`header + ceil(rate * seconds)`; from the third on, the rolled-back 5 tokens and the new audio's
+`ceil(rate * 2 s)`: 13 tokens at 4 tokens/s. The official loop on the same audio decodes the same
+counts. (`FixedLengthWorker` does this through `AsrWorker._params`, the one hook it needs.)
+
+The result (JSON; `summarize` prints its tables and writes it with a PNG): `model`, `hardware`,
+`torch`, `attention_backend`, `settings`, `output_lengths`;
+`steps`: {segment_seconds, first_step_ids, at: {"10": step, ...}, all: [step, ...]}, a step being
+{at_s, encoder_tokens, prefill_tokens, prompt_tokens, audio_tokens, text_tokens, prefix_tokens,
+generated_tokens, step_ms};
+`capacity`: [{streams, p50_ms, p95_ms, p99_ms, final_p50_ms, final_p95_ms, final_p99_ms,
+partials, merged_steps, finals, failed_segments, max_backlog_s, end_backlog_s, feeding_s}] and
+`capacity_max_streams_p95_under_300ms`;
+`offline`: {concurrency, clip_seconds, output_tokens_per_clip, seconds, audio_s_per_s};
+`baseline`: {versions, device, dtype, steps: [{at_s, ids, step_ms, features_ms, prompt_tokens,
+audio_tokens, generated_tokens}] (the first at 2 s, then `positions`), offline: {as ours}} and
+`first_step_ids_equal`; `wire`: bench/loadgen.py's JSON; a subprocess workload that failed is
+{error}; `rows`: the tables' rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.asr import AsrHandle, AsrModel, AsrWorker, build_qwen3_asr
+from engine.asr_prompt import AUDIO_PAD
+from engine.bench import report, synthetic
+from engine.config import EngineConfig
+from engine.engine import Engine
+from engine.rollback import RollbackConfig, StepPlan
+from engine.runtime import Runtime
+from engine.sampling import SamplingParams
+from engine.streaming import Final, Partial, SegmentFailed, StreamOptions
+
+SAMPLE_RATE = 16_000
+STEP = RollbackConfig().step_samples  # 2 s: the official chunk
+CHUNK = SAMPLE_RATE // 10  # 100 ms: what a live client sends at a time
+P95_TARGET_MS = 300.0
+WORKLOADS = ("steps", "capacity", "offline", "wire", "baseline")
+DEFAULT_WORKLOADS = ("steps", "capacity", "offline", "baseline")
+REPO = Path(__file__).resolve().parents[2]
+BASELINE_SCRIPT = REPO / "bench" / "qwen_asr_baseline.py"
+LOADGEN_SCRIPT = REPO / "bench" / "loadgen.py"
+DEFAULT_BASELINE_PYTHON = str(REPO / ".venv-ref" / "bin" / "python")
+STEP_TIMEOUT_S = 600.0  # one step of the steps workload, on the slowest device
+
+
+class BenchError(RuntimeError):
+    """A workload could not run (a missing baseline interpreter, a server that did not start)."""
+
+
+# ---- fixed output lengths ----
+
+
+@dataclass(frozen=True)
+class OutputLengths:
+    """Tokens of a transcript of `rate` tokens per second of speech after a `header`."""
+
+    rate: float = 4.0
+    header: int = 4
+
+    def transcript(self, seconds: float) -> int:
+        return self.header + math.ceil(round(self.rate * seconds, 6))
+
+    def step(self, seconds: float, prefix_tokens: int) -> int:
+        """What a step over `seconds` of audio generates after a prefix of `prefix_tokens`."""
+        return max(1, self.transcript(seconds) - prefix_tokens)
+
+
+class FixedLengthWorker(AsrWorker):
+    """The product's worker, with every step decoding `OutputLengths` tokens (bench only)."""
+
+    lengths: OutputLengths = OutputLengths()
+
+    def _params(self, plan: StepPlan) -> SamplingParams:
+        prefix = len(self.tokenizer.encode(plan.prefix)) if plan.prefix else 0
+        n = self.lengths.step(plan.upto / SAMPLE_RATE, prefix)
+        return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+
+
+def fixed_length_model(
+    model, tokenizer, config: EngineConfig, lengths: OutputLengths, runtime: Runtime, name: str
+) -> AsrModel:
+    """A served ASR model (engine/asr.py's AsrModel) on a FixedLengthWorker."""
+    engine = Engine(model.decoder, tokenizer, config)
+    worker = FixedLengthWorker(model, tokenizer, engine, RollbackConfig())
+    worker.lengths = lengths
+    worker.runtime = runtime
+    runtime.add(worker)
+    return AsrModel(name, worker, model.config.languages)
+
+
+def load_fixed(
+    path: Path, name: str, lengths: OutputLengths, runtime: Runtime, mode: str, **overrides
+) -> AsrModel:
+    """A checkpoint folder as `load_qwen3_asr` loads it, on a FixedLengthWorker."""
+    config = EngineConfig.for_mode(mode, **overrides)
+    model, tokenizer = build_qwen3_asr(Path(path), config)
+    return fixed_length_model(model, tokenizer, config, lengths, runtime, name)
+
+
+# ---- settings ----
+
+
+@dataclass
+class AsrBench:
+    shape: str | None = "qwen3-asr-0.6b"
+    model: Path | None = None  # a checkpoint folder instead of random weights
+    workloads: tuple[str, ...] = DEFAULT_WORKLOADS
+    segment_seconds: float = 300.0  # steps
+    positions: tuple[float, ...] = (10.0, 60.0, 300.0)  # steps reported, seconds into the segment
+    streams: tuple[int, ...] = (16, 32, 64, 128, 256)  # capacity
+    duration: float = 30.0  # capacity and wire
+    segment_seconds_live: float = 20.0  # capacity and wire
+    drain_seconds: float = 10.0  # capacity: the most the last steps are waited for
+    concurrency: int = 128  # offline
+    clip_seconds: float = 20.0  # offline
+    token_rate: float = 4.0
+    header_tokens: int = 4
+    wire_streams: int = 128
+    procs: int = 4
+    baseline_python: str = DEFAULT_BASELINE_PYTHON
+    baseline_repeats: int = 3
+    baseline_timeout: float = 3600.0
+    performance_mode: str = "balanced"
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
+    attention_backend: str | None = None
+    seed: int = 0
+
+    @property
+    def lengths(self) -> OutputLengths:
+        return OutputLengths(self.token_rate, self.header_tokens)
+
+    @property
+    def name(self) -> str:
+        return self.model.name if self.model else str(self.shape)
+
+    def step_positions(self) -> list[float]:
+        """`positions` inside the segment, each on a step boundary."""
+        last = int(self.segment_seconds * SAMPLE_RATE) // STEP * STEP / SAMPLE_RATE
+        return [p for p in self.positions if p <= last and p * SAMPLE_RATE % STEP == 0]
+
+    def signal_seconds(self) -> float:
+        """Length of the one synthetic signal every workload reads from."""
+        live = self.duration + self.segment_seconds_live
+        return max(self.segment_seconds, self.clip_seconds * 2, live) + 10.0
+
+
+def settings(b: AsrBench) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(b).items()}
+
+
+# ---- the model under test ----
+
+
+@dataclass
+class System:
+    """The model under test, in this process, and where its checkpoint folder is."""
+
+    model: AsrModel
+    runtime: Runtime
+    config: dict[str, Any]  # its config.json
+    source: Path | None  # the folder it was loaded from; None: random weights, in memory
+
+    @property
+    def worker(self) -> FixedLengthWorker:
+        return self.model.worker
+
+    def checkpoint(self, folder: Path) -> Path:
+        """A folder qwen-asr and `rtserve serve` load: the source, or the random model saved."""
+        if self.source is not None:
+            return self.source
+        path = Path(folder) / "checkpoint"
+        if not (path / "model.safetensors").is_file():
+            synthetic.save_checkpoint(self.worker.model, self.config, path)
+        return path
+
+    def close(self) -> None:
+        self.runtime.shutdown()
+        self.model = self.runtime = None  # type: ignore[assignment]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def load_system(b: AsrBench) -> System:
+    dtype = getattr(torch, b.dtype)
+    config = EngineConfig.for_mode(
+        b.performance_mode, device=b.device, dtype=dtype, attention_backend=b.attention_backend
+    )
+    runtime = Runtime(name="bench-asr")
+    if b.model is not None:
+        model, tokenizer = build_qwen3_asr(b.model, config)
+        config_json = json.loads((b.model / "config.json").read_text())
+    else:
+        model, tokenizer, config_json = synthetic.build_model(
+            b.shape, b.device, dtype, b.seed, b.attention_backend
+        )
+    served = fixed_length_model(model, tokenizer, config, b.lengths, runtime, "bench")
+    return System(served, runtime, config_json, b.model)
+
+
+# ---- run ----
+
+
+class Progress:
+    def __init__(self, total: int) -> None:
+        self.total, self.done = max(total, 1), 0
+
+    def tick(self, label: str) -> None:
+        report.progress(min(self.done, self.total - 1), self.total, label)
+        self.done += 1
+
+    def finish(self) -> None:
+        report.progress(self.total, self.total, "done")
+
+
+def run(b: AsrBench) -> dict[str, Any]:
+    workloads = [w for w in WORKLOADS if w in b.workloads]
+    unknown = set(b.workloads) - set(WORKLOADS)
+    if unknown:
+        raise BenchError(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
+    if "baseline" in workloads and "steps" not in workloads:
+        workloads.insert(0, "steps")  # the baseline re-runs the steps' prompts
+    if "steps" in workloads and b.segment_seconds * SAMPLE_RATE < STEP:
+        raise BenchError("--segment-seconds must hold at least one 2 s step")
+    _check_baseline(b, workloads)
+    torch.manual_seed(b.seed)
+    signal = synthetic.speech_like(b.signal_seconds(), b.seed)
+    n_steps = int(b.segment_seconds * SAMPLE_RATE) // STEP
+    units = {"steps": n_steps, "capacity": len(b.streams), "offline": 1, "baseline": 1, "wire": 1}
+    progress = Progress(1 + sum(units[w] for w in workloads))
+    progress.tick("loading the model")
+    system = load_system(b)
+    result: dict[str, Any] = {
+        "workload": "asr",
+        "model": b.name,
+        "hardware": report.hardware(),
+        "torch": torch.__version__,
+        "attention_backend": system.worker.engine.runner.model.model.layers[0].self_attn.attn.name,
+        "settings": settings(b),
+        "output_lengths": output_lengths_doc(b.lengths),
+    }
+    with tempfile.TemporaryDirectory(prefix="rtserve-bench-asr-") as tmp:
+        try:
+            asyncio.run(_warm_up(system, signal))
+            plan = _in_process(system, b, signal, workloads, result, progress)
+            if "baseline" in workloads or "wire" in workloads:
+                checkpoint = system.checkpoint(Path(tmp))
+        finally:
+            system.close()  # the subprocesses below need the device memory
+        if "baseline" in workloads:
+            progress.tick("baseline (qwen-asr, subprocess)")
+            result["baseline"] = _subprocess(run_baseline, b, checkpoint, signal, plan, Path(tmp))
+            if "steps" in result["baseline"]:
+                ours = result["steps"]["first_step_ids"]
+                result["first_step_ids_equal"] = ours == result["baseline"]["steps"][0]["ids"]
+        if "wire" in workloads:
+            progress.tick(f"wire: {b.wire_streams} WebSockets")
+            result["wire"] = _subprocess(run_wire, b, checkpoint, Path(tmp))
+    progress.finish()
+    result["rows"] = rows(result)
+    return result
+
+
+def _subprocess(workload, *args) -> dict[str, Any]:
+    """A workload run in subprocesses; its failure is reported, not fatal: the in-process
+    results stand."""
+    try:
+        return workload(*args)
+    except (BenchError, subprocess.TimeoutExpired, ValueError) as e:
+        sys.stderr.write(f"\n{workload.__name__} failed: {e}\n")
+        return {"error": str(e)}
+
+
+def _in_process(
+    system: System,
+    b: AsrBench,
+    signal: np.ndarray,
+    workloads: list[str],
+    result: dict[str, Any],
+    progress: Progress,
+) -> dict[str, Any]:
+    """The workloads that run on this process's engine; returns what the baseline re-runs."""
+    plan: dict[str, Any] = {}
+    if "steps" in workloads:
+        result["steps"], plan["steps"] = asyncio.run(steps(system, b, signal, progress))
+    if "capacity" in workloads:
+        result["capacity"] = []
+        for n in b.streams:
+            progress.tick(f"capacity: {n} streams")
+            result["capacity"].append(asyncio.run(capacity(system, b, signal, n)))
+        result["capacity_max_streams_p95_under_300ms"] = max_streams_under(result["capacity"])
+    offsets = clip_offsets(b, signal)
+    plan["offline"] = {
+        "concurrency": b.concurrency,
+        "clip_samples": int(b.clip_seconds * SAMPLE_RATE),
+        "offsets": offsets,
+        "new_tokens": b.lengths.transcript(b.clip_seconds),
+    }
+    if "offline" in workloads:
+        progress.tick(f"offline: {b.concurrency} clips")
+        result["offline"] = asyncio.run(offline(system, b, signal, offsets))
+    return plan
+
+
+def output_lengths_doc(lengths: OutputLengths) -> dict[str, Any]:
+    rollback = RollbackConfig().unfixed_tokens
+    return {
+        "rule": "a step generates header + ceil(rate * audio_seconds) minus its prefix's tokens "
+        "(ignore_eos): header + ceil(rate * s) without a prefix, then rollback + "
+        "ceil(rate * 2 s)",
+        "token_rate": lengths.rate,
+        "header_tokens": lengths.header,
+        "rollback_tokens": rollback,
+        "steady_step_tokens": rollback + math.ceil(lengths.rate * STEP / SAMPLE_RATE),
+    }
+
+
+async def _warm_up(system: System, signal: np.ndarray, steps: int = 10) -> None:
+    """A 20 s segment fed step by step, then committed: kernels, allocator and caches warm for
+    the shapes of the first steps, before anything is timed."""
+    handle = system.model.open_stream(StreamOptions())
+    events = aiter(handle)
+    try:
+        for k in range(steps):
+            handle.feed(signal[k * STEP : (k + 1) * STEP])
+            event = await asyncio.wait_for(anext(events), STEP_TIMEOUT_S)
+            if not isinstance(event, Partial):
+                raise BenchError(f"warm-up step {k + 1}: {event}")
+        handle.commit()
+        await _final(handle)
+    finally:
+        handle.cancel()
+    await _idle(system.worker)
+
+
+async def _idle(worker: AsrWorker, timeout: float = 600.0) -> None:
+    """Until the worker has no stream and the engine no request (the last run's are gone)."""
+    deadline = time.perf_counter() + timeout
+    while worker.streams or worker.engine.has_work():
+        if time.perf_counter() > deadline:
+            raise BenchError("the engine did not go idle")
+        await asyncio.sleep(0.01)
+
+
+# ---- steps ----
+
+
+async def steps(
+    system: System, b: AsrBench, signal: np.ndarray, progress: Progress | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One stream, one segment fed 2 s at a time: (summary, the steps the baseline re-runs)."""
+    worker = system.worker
+    n = int(b.segment_seconds * SAMPLE_RATE) // STEP * STEP
+    worker.trace = trace = []
+    walls = []
+    handle = system.model.open_stream(StreamOptions())
+    events = aiter(handle)
+    try:
+        for upto in range(STEP, n + 1, STEP):
+            if progress:
+                progress.tick(f"steps: {upto // SAMPLE_RATE} s")
+            t0 = time.perf_counter()
+            handle.feed(signal[upto - STEP : upto])
+            event = await asyncio.wait_for(anext(events), STEP_TIMEOUT_S)
+            walls.append(time.perf_counter() - t0)
+            if not isinstance(event, Partial):
+                raise BenchError(f"step at {upto / SAMPLE_RATE:g} s: {event}")
+    finally:
+        handle.cancel()
+        worker.trace = None
+    await _idle(worker)
+    pad = worker.tokenizer.token_to_id(AUDIO_PAD)
+    all_steps = [_step_row(t, wall, pad, worker) for t, wall in zip(trace, walls, strict=True)]
+    at = {p: all_steps[int(p * SAMPLE_RATE) // STEP - 1] for p in b.step_positions()}
+    summary = {
+        "segment_seconds": n / SAMPLE_RATE,
+        "at": {f"{p:g}": row for p, row in at.items()},
+        "all": all_steps,
+        "first_step_ids": trace[0].generated_ids,
+    }
+    rerun = [{"at_s": STEP / SAMPLE_RATE, **_rerun(trace[0])}]
+    rerun += [{"at_s": p, **_rerun(trace[int(p * SAMPLE_RATE) // STEP - 1])} for p in at]
+    return summary, rerun
+
+
+def _step_row(t, wall: float, pad: int, worker: AsrWorker) -> dict[str, Any]:
+    audio = t.prompt_ids.count(pad)
+    return {
+        "at_s": t.upto / SAMPLE_RATE,
+        "encoder_tokens": t.encoder_tokens,
+        "prefill_tokens": t.prefill_tokens,
+        "prompt_tokens": len(t.prompt_ids),
+        "audio_tokens": audio,
+        "text_tokens": len(t.prompt_ids) - audio,
+        "prefix_tokens": len(worker.tokenizer.encode(t.prefix)) if t.prefix else 0,
+        "generated_tokens": len(t.generated_ids),
+        "step_ms": 1000 * wall,
+    }
+
+
+def _rerun(t) -> dict[str, Any]:
+    return {"upto": t.upto, "prefix": t.prefix, "new_tokens": len(t.generated_ids)}
+
+
+# ---- capacity ----
+
+
+@dataclass
+class _Live:
+    """One live stream of the capacity workload, as its client sees it."""
+
+    handle: AsrHandle
+    offset: int  # where in the signal its audio starts
+    segment: int  # samples of the open segment when it is committed
+    fed: int = 0  # samples fed (the handle's clock)
+    segment_start: int = 0
+    feeds: deque[tuple[int, float]] = field(default_factory=deque)  # (fed up to, at), unheard
+    commits: deque[float] = field(default_factory=deque)  # when, for the finals to come
+    last_partial: tuple[int, int] | None = None  # (segment, end sample)
+    latencies: list[float] = field(default_factory=list)
+    finals: list[float] = field(default_factory=list)
+    partials: int = 0
+    merged: int = 0
+    failed: int = 0
+    max_backlog: int = 0
+
+
+async def capacity(system: System, b: AsrBench, signal: np.ndarray, n: int) -> dict[str, Any]:
+    """N live streams for `duration` seconds of wall time: the latency of every partial."""
+    rng = np.random.RandomState(b.seed + n)
+    live_segment = int(b.segment_seconds_live * SAMPLE_RATE) // CHUNK * CHUNK
+    streams = [
+        _Live(
+            system.model.open_stream(StreamOptions()),
+            offset=int(rng.randint(signal.size)),
+            segment=int(rng.randint(STEP // CHUNK, live_segment // CHUNK + 1)) * CHUNK,
+        )
+        for _ in range(n)
+    ]
+    collectors = [asyncio.create_task(_collect(s)) for s in streams]
+    t0 = time.perf_counter() + 0.1
+    step_s = STEP / SAMPLE_RATE
+    feeders = [
+        _feed(s, signal, t0 + i * step_s / n, b.duration, live_segment)
+        for i, s in enumerate(streams)
+    ]
+    await asyncio.gather(*feeders)
+    feeding = time.perf_counter() - t0
+    await _quiet(system.worker, b.drain_seconds)
+    end_backlog = max(s.fed - s.handle.consumed_samples for s in streams)
+    for s in streams:
+        s.handle.cancel()
+    await asyncio.gather(*collectors)
+    await _idle(system.worker)
+    row = _capacity_row(n, streams, feeding)
+    return row | {"end_backlog_s": end_backlog / SAMPLE_RATE}
+
+
+async def _feed(s: _Live, signal: np.ndarray, start: float, duration: float, live: int) -> None:
+    """100 ms of audio every 100 ms of wall time; a commit at each segment's end."""
+    for k in range(int(duration * 10)):
+        delay = start + k * CHUNK / SAMPLE_RATE - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        chunk = np.take(signal, np.arange(s.offset + s.fed, s.offset + s.fed + CHUNK), mode="wrap")
+        now = time.perf_counter()
+        s.handle.feed(chunk)
+        s.fed += CHUNK
+        s.feeds.append((s.fed, now))
+        if s.fed - s.segment_start >= s.segment:  # as VAD would: the segment ends here
+            s.handle.commit()
+            s.commits.append(now)
+            s.segment_start, s.segment = s.fed, live
+        s.max_backlog = max(s.max_backlog, s.fed - s.handle.consumed_samples)
+
+
+async def _collect(s: _Live) -> None:
+    async for event in s.handle:
+        now = time.perf_counter()
+        if isinstance(event, Partial):
+            s.partials += 1
+            _on_partial(s, event, now)
+        elif isinstance(event, Final):
+            s.finals.append(now - s.commits.popleft())
+        else:
+            s.failed += 1
+            if s.commits:
+                s.commits.popleft()
+
+
+def _on_partial(s: _Live, event: Partial, now: float) -> None:
+    """Latency from the feed that closed the step (the one holding its last sample, which made
+    the step due) to now; a step covering more than 2 s since the last one was merged."""
+    while s.feeds and s.feeds[0][0] < event.end_sample:
+        s.feeds.popleft()
+    if s.feeds:
+        fed_up_to, at = s.feeds[0]
+        s.latencies.append(now - at)
+        if fed_up_to == event.end_sample:
+            s.feeds.popleft()
+    last = s.last_partial
+    if last and last[0] == event.segment and event.end_sample - last[1] > STEP:
+        s.merged += 1
+    s.last_partial = (event.segment, event.end_sample)
+
+
+async def _quiet(worker: AsrWorker, timeout: float) -> None:
+    """Until the worker has had nothing to do for 0.2 s (the last steps are out), or timeout."""
+    deadline = time.perf_counter() + timeout
+    idle_since = None
+    while time.perf_counter() < deadline:
+        if worker.has_work():
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.perf_counter()
+        elif time.perf_counter() - idle_since > 0.2:
+            return
+        await asyncio.sleep(0.01)
+
+
+def _capacity_row(n: int, streams: list[_Live], feeding: float) -> dict[str, Any]:
+    latencies = np.array([x for s in streams for x in s.latencies]) * 1000
+    finals = np.array([x for s in streams for x in s.finals]) * 1000
+    row: dict[str, Any] = {"streams": n, "feeding_s": feeding}
+    row |= _percentiles(latencies, "")
+    row |= _percentiles(finals, "final_")
+    return row | {
+        "partials": sum(s.partials for s in streams),
+        "merged_steps": sum(s.merged for s in streams),
+        "finals": int(finals.size),
+        "failed_segments": sum(s.failed for s in streams),
+        "max_backlog_s": max(s.max_backlog for s in streams) / SAMPLE_RATE,
+    }
+
+
+def _percentiles(ms: np.ndarray, prefix: str) -> dict[str, float | None]:
+    if ms.size == 0:
+        return {f"{prefix}p{q}_ms": None for q in (50, 95, 99)}
+    values = np.percentile(ms, [50, 95, 99])
+    return {f"{prefix}p{q}_ms": float(v) for q, v in zip((50, 95, 99), values, strict=True)}
+
+
+def max_streams_under(rows_: list[dict[str, Any]], target_ms: float = P95_TARGET_MS) -> int | None:
+    """The largest N whose p95 partial latency stays under the target (None: not even the
+    smallest)."""
+    ok = [r["streams"] for r in rows_ if r["p95_ms"] is not None and r["p95_ms"] < target_ms]
+    return max(ok) if ok else None
+
+
+# ---- offline ----
+
+
+def clip_offsets(b: AsrBench, signal: np.ndarray) -> list[int]:
+    rng = np.random.RandomState(b.seed + 1)
+    clip = int(b.clip_seconds * SAMPLE_RATE)
+    return [int(x) for x in rng.randint(0, signal.size - clip, b.concurrency)]
+
+
+async def offline(
+    system: System, b: AsrBench, signal: np.ndarray, offsets: list[int]
+) -> dict[str, Any]:
+    """Every clip fed whole and committed at once; the wall time until the last final."""
+    clip = int(b.clip_seconds * SAMPLE_RATE)
+    t0 = time.perf_counter()
+    handles = []
+    for off in offsets:
+        handle = system.model.open_stream(StreamOptions())
+        handle.feed(signal[off : off + clip])
+        handle.commit()
+        handles.append(handle)
+    await asyncio.gather(*(_final(h) for h in handles))
+    wall = time.perf_counter() - t0
+    for h in handles:
+        h.cancel()
+    await _idle(system.worker)
+    return {
+        "concurrency": len(offsets),
+        "clip_seconds": clip / SAMPLE_RATE,
+        "output_tokens_per_clip": b.lengths.transcript(clip / SAMPLE_RATE),
+        "seconds": wall,
+        "audio_s_per_s": len(offsets) * clip / SAMPLE_RATE / wall,
+    }
+
+
+async def _final(handle: AsrHandle) -> Final:
+    async for event in handle:
+        if isinstance(event, Final):
+            return event
+        if isinstance(event, SegmentFailed):
+            raise BenchError(f"a segment failed: {event.message}")
+    raise BenchError("the stream ended before its final")
+
+
+# ---- baseline (subprocess) ----
+
+
+def _check_baseline(b: AsrBench, workloads: list[str]) -> None:
+    if "baseline" not in workloads:
+        return
+    python = shutil.which(b.baseline_python) or b.baseline_python
+    if not Path(python).is_file():
+        raise BenchError(
+            f"the baseline interpreter {b.baseline_python!r} does not exist: make the reference "
+            "environment (bash tests/fixtures/make_ref_env.sh), pass --baseline-python, or leave "
+            "baseline out of --workloads"
+        )
+
+
+def run_baseline(
+    b: AsrBench, checkpoint: Path, signal: np.ndarray, plan: dict[str, Any], tmp: Path
+) -> dict[str, Any]:
+    """qwen-asr's transformers backend on the same weights, audio and lengths (a subprocess)."""
+    audio = tmp / "audio.npy"
+    np.save(audio, signal)
+    request = {
+        "checkpoint": str(checkpoint),
+        "audio": str(audio),
+        "device": b.device,
+        "dtype": b.dtype,
+        "repeats": b.baseline_repeats,
+        "steps": plan["steps"],
+        "offline": plan["offline"],
+    }
+    path = tmp / "baseline-request.json"
+    path.write_text(json.dumps(request))
+    return run_baseline_request(b.baseline_python, path, b.baseline_timeout)
+
+
+def run_baseline_request(python: str, request: Path, timeout: float) -> dict[str, Any]:
+    """Runs bench/qwen_asr_baseline.py on a request file; its JSON answer."""
+    cmd = [python, str(BASELINE_SCRIPT), str(request)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise BenchError(
+            f"the baseline ({' '.join(cmd)}) failed with exit code {proc.returncode}:\n"
+            + proc.stderr[-4000:]
+        )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- wire (subprocesses) ----
+
+
+def run_wire(b: AsrBench, checkpoint: Path, tmp: Path) -> dict[str, Any]:
+    """The server on a free port, and the load generator's processes against it."""
+    port = _free_port()
+    log = (tmp / "server.log").open("w")
+    cmd = [sys.executable, "-m", "rtserve", "bench", "asr", "--serve", "--model", str(checkpoint)]
+    cmd += ["--port", str(port), "--max-sessions", str(b.wire_streams + 8)]
+    cmd += ["--token-rate", str(b.token_rate), "--header-tokens", str(b.header_tokens)]
+    cmd += ["--device", b.device, "--dtype", b.dtype, "--performance-mode", b.performance_mode]
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        _wait_for_health(port, server, tmp / "server.log")
+        load = [sys.executable, str(LOADGEN_SCRIPT), "--url", f"ws://127.0.0.1:{port}/v1/stream"]
+        load += ["--streams", str(b.wire_streams), "--procs", str(b.procs)]
+        load += ["--duration", str(b.duration), "--segment-seconds", str(b.segment_seconds_live)]
+        load += ["--seed", str(b.seed), "--json"]
+        proc = subprocess.run(load, capture_output=True, text=True, timeout=b.duration + 600)
+        if proc.returncode != 0:
+            raise BenchError(f"the load generator failed:\n{proc.stderr[-4000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_health(port: int, server: subprocess.Popen, log: Path, timeout=900.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise BenchError(f"the server exited ({server.returncode}):\n{log.read_text()[-4000:]}")
+        url = f"http://127.0.0.1:{port}/health"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+            if r.status == 200:
+                return
+        time.sleep(0.5)
+    raise BenchError(f"the server did not answer /health in {timeout:g} s")
+
+
+# ---- results ----
+
+STEP_COLUMNS = ["workload", "at", "enc_tok", "prefill_tok", "prompt_tok", "out_tok", "step_ms"]
+STEP_COLUMNS += ["rt_streams", "vs_baseline"]
+LOAD_COLUMNS = ["workload", "at", "p50_ms", "p95_ms", "p99_ms", "lag_s", "audio_s_per_s"]
+LOAD_COLUMNS += ["errors", "vs_baseline"]
+
+
+def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table's rows: per-step work, then load (vs_baseline: how many times better)."""
+    base = result.get("baseline") or {}
+    base_steps = {f"{s['at_s']:g}": s for s in base.get("steps", [])[1:]}
+    out = []
+    for at, s in (result.get("steps") or {}).get("at", {}).items():
+        row = _steps_row("steps", at, s["encoder_tokens"], s["prefill_tokens"], s)
+        ref = base_steps.get(at)
+        if ref:
+            row["vs_baseline"] = ref["step_ms"] / s["step_ms"]
+        out.append(row)
+    for at, s in base_steps.items():
+        out.append(_steps_row("baseline steps", at, s["audio_tokens"], s["prompt_tokens"], s))
+    for c in result.get("capacity", []):
+        out.append(_load_row("capacity", f"N={c['streams']}", c) | {"lag_s": c["max_backlog_s"]})
+    offline_ref = base.get("offline")
+    if "offline" in result:
+        o = result["offline"]
+        row = {"workload": "offline", "at": f"C={o['concurrency']}"}
+        row["audio_s_per_s"] = o["audio_s_per_s"]
+        if offline_ref:
+            row["vs_baseline"] = o["audio_s_per_s"] / offline_ref["audio_s_per_s"]
+        out.append(row)
+    if offline_ref:
+        at = f"C={offline_ref['concurrency']}"
+        out.append(
+            {"workload": "baseline offline", "at": at}
+            | {"audio_s_per_s": offline_ref["audio_s_per_s"]}
+        )
+    if "p50_ms" in result.get("wire", {}):
+        w = result["wire"]
+        row = _load_row("wire", f"N={w['streams']}", w) | {"errors": w["errors"]}
+        out.append(row | {"lag_s": w.get("max_lag_ms", 0) / 1000})
+    return out
+
+
+def _steps_row(workload: str, at: str, enc: int, prefill: int, s: dict) -> dict[str, Any]:
+    return {
+        "workload": workload,
+        "at": f"{at} s",
+        "enc_tok": enc,
+        "prefill_tok": prefill,
+        "prompt_tok": s["prompt_tokens"],
+        "out_tok": s["generated_tokens"],
+        "step_ms": s["step_ms"],
+        "rt_streams": 1000 * STEP / SAMPLE_RATE / s["step_ms"],
+    }
+
+
+def _load_row(workload: str, at: str, r: dict[str, Any]) -> dict[str, Any]:
+    row = {"workload": workload, "at": at}
+    return row | {k: r.get(k) for k in ("p50_ms", "p95_ms", "p99_ms")}
+
+
+def summarize(result: dict[str, Any], out: Path, name: str) -> str:
+    """The tables (stdout), and the JSON and PNG written to `out`."""
+    path = report.write(out, name, result)
+    png = path.with_suffix(".png")
+    plotted = report.plot_lines(png, f"{name} ({result['hardware']})", _panels(result))
+    table_rows = result["rows"]
+    steps_rows = [r for r in table_rows if "steps" in r["workload"]]
+    load_rows = [r for r in table_rows if "steps" not in r["workload"]]
+    parts = []
+    if steps_rows:
+        parts.append(report.table(steps_rows, STEP_COLUMNS))
+    if load_rows:
+        parts.append(report.table(load_rows, LOAD_COLUMNS))
+    if "capacity" in result:
+        n = result["capacity_max_streams_p95_under_300ms"]
+        parts.append(f"capacity: largest N with p95 partial latency < 300 ms: {n}")
+    if "first_step_ids_equal" in result:
+        parts.append(f"first step ids equal to qwen-asr's: {result['first_step_ids_equal']}")
+    for workload in ("baseline", "wire"):
+        if "error" in result.get(workload, {}):
+            parts.append(f"{workload} failed: {result[workload]['error']}")
+    parts.append(f"JSON: {path}" + (f"\nplot: {png}" if plotted else ""))
+    return "\n\n".join(parts)
+
+
+def _panels(result: dict[str, Any]) -> list[dict[str, Any]]:
+    panels = []
+    cap = result.get("capacity") or []
+    if cap:
+        xs = [c["streams"] for c in cap]
+        series = {f"p{q}": (xs, [c[f"p{q}_ms"] for c in cap]) for q in (50, 95, 99)}
+        if "p50_ms" in result.get("wire", {}):
+            w = result["wire"]
+            for q in (50, 95, 99):
+                series[f"wire p{q}"] = ([w["streams"]], [w[f"p{q}_ms"]])
+        panels.append(
+            {
+                "title": "partial latency vs streams",
+                "xlabel": "streams",
+                "ylabel": "ms",
+                "series": series,
+                "logx": True,
+                "logy": True,
+            }
+        )
+    steps_all = (result.get("steps") or {}).get("all") or []
+    if steps_all:
+        xs = [s["at_s"] for s in steps_all]
+        keys = ("encoder_tokens", "prefill_tokens", "prompt_tokens")
+        series = {k.split("_")[0]: (xs, [s[k] for s in steps_all]) for k in keys}
+        panels.append(
+            {
+                "title": "step work vs position",
+                "xlabel": "seconds into the segment",
+                "ylabel": "tokens",
+                "series": series,
+            }
+        )
+        times = {"ours": (xs, [s["step_ms"] for s in steps_all])}
+        base = (result.get("baseline") or {}).get("steps", [])[1:]
+        if base:
+            times["baseline"] = ([s["at_s"] for s in base], [s["step_ms"] for s in base])
+        panels.append(
+            {
+                "title": "step time vs position",
+                "xlabel": "seconds into the segment",
+                "ylabel": "ms",
+                "series": times,
+                "logy": True,
+            }
+        )
+    return panels

@@ -1,0 +1,132 @@
+"""`rtserve bench asr` on the tiny shape, on the CPU: the workloads run and measure what they say,
+the checkpoint writer's folder loads, and the qwen-asr baseline decodes what we decode."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.asr import build_qwen3_asr
+from engine.bench import asr, synthetic
+from engine.config import EngineConfig
+from engine.loader import find_family
+from rtserve.cli import parser
+
+REF_PYTHON = Path(asr.DEFAULT_BASELINE_PYTHON)
+TINY = dict(shape="tiny", device="cpu", dtype="float32", seed=0)
+
+
+def bench(**overrides) -> asr.AsrBench:
+    return asr.AsrBench(**(TINY | overrides))
+
+
+@pytest.fixture(scope="module")
+def system():
+    s = asr.load_system(bench())
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def signal():
+    return synthetic.speech_like(40.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def stepped(system, signal):
+    """The steps workload over a 30 s segment: (summary, what the baseline re-runs)."""
+    b = bench(segment_seconds=30.0, positions=(10.0, 20.0, 30.0))
+    return asyncio.run(asr.steps(system, b, signal))
+
+
+def test_output_lengths_follow_a_transcript_of_the_token_rate():
+    lengths = asr.OutputLengths(rate=4.0, header=4)
+    assert lengths.step(2.0, 0) == 4 + 8  # no prefix yet: header and text
+    assert lengths.step(4.0, 0) == 4 + 16
+    assert lengths.step(6.0, lengths.transcript(4.0) - 5) == 5 + 8  # rollback and 2 s of text
+    assert lengths.step(20.0, 0) == 84
+
+
+def test_steps_work_is_flat_apart_from_the_text_prefix(stepped):
+    summary, _ = stepped
+    at = summary["at"]
+    assert list(at) == ["10", "20", "30"]
+    rows = summary["all"]
+    assert [r["generated_tokens"] for r in rows[:3]] == [12, 20, 13]
+    assert {r["generated_tokens"] for r in rows[2:]} == {13}
+    late = [r for r in rows if r["at_s"] >= 10]
+    # the open window and at most one just-completed window: 2 x 104 audio tokens
+    assert max(r["encoder_tokens"] for r in late) <= 208
+    # what a step computes, beyond its text prefix, does not grow with the position
+    beyond_prefix = [r["prefill_tokens"] - r["prefix_tokens"] for r in late]
+    assert max(beyond_prefix) <= 208 + 24, beyond_prefix
+    assert at["30"]["prompt_tokens"] > at["10"]["prompt_tokens"] + 200  # while the prompt grows
+    assert at["30"]["prefill_tokens"] < at["30"]["prompt_tokens"] / 2
+    assert all(r["step_ms"] > 0 for r in rows)
+
+
+def test_capacity_two_streams_yields_latencies(system, signal):
+    row = asyncio.run(asr.capacity(system, bench(duration=3.0, drain_seconds=10.0), signal, 2))
+    assert row["streams"] == 2 and row["partials"] >= 1 and row["merged_steps"] == 0
+    assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] < 10_000
+    assert row["failed_segments"] == 0 and 2.0 <= row["max_backlog_s"] < 3.0
+    assert row["end_backlog_s"] < 2.0  # every step due by the end was answered
+    assert asr.max_streams_under([row], target_ms=1e9) == 2
+
+
+def test_offline_four_clips(system, signal):
+    b = bench(concurrency=4, clip_seconds=5.0)
+    row = asyncio.run(asr.offline(system, b, signal, asr.clip_offsets(b, signal)))
+    assert row["concurrency"] == 4 and row["output_tokens_per_clip"] == 4 + 20
+    assert row["audio_s_per_s"] > 0
+
+
+def test_the_checkpoint_writer_makes_a_folder_our_loader_loads(system, tmp_path):
+    folder = synthetic.save_checkpoint(system.worker.model, system.config, tmp_path / "ckpt")
+    assert find_family(folder).name == "qwen3_asr"
+    model, tokenizer = build_qwen3_asr(folder, EngineConfig(device="cpu", dtype=torch.float32))
+    ours = dict(system.worker.model.named_parameters())
+    loaded = dict(model.named_parameters())
+    assert ours.keys() == loaded.keys()
+    assert all(torch.equal(ours[k], loaded[k]) for k in ours)
+    text = "language English<asr_text>hello, wörld"
+    assert tokenizer.encode(text) == system.worker.tokenizer.encode(text)
+    assert tokenizer.token_to_id("<|audio_pad|>") == model.config.audio_token_id
+    assert set(tokenizer.eos_token_ids) >= {synthetic.token_ids()["<|im_end|>"]}
+
+
+def test_the_qwen_asr_baseline_decodes_our_first_step(system, signal, stepped, tmp_path):
+    if not REF_PYTHON.is_file():
+        pytest.fail(
+            f"{REF_PYTHON} is missing: the baseline parity test needs the reference environment "
+            "(bash tests/fixtures/make_ref_env.sh)"
+        )
+    summary, rerun = stepped
+    b = bench(concurrency=2, clip_seconds=3.0, baseline_repeats=1)
+    offline = {
+        "concurrency": 2,
+        "clip_samples": 3 * asr.SAMPLE_RATE,
+        "offsets": asr.clip_offsets(b, signal),
+        "new_tokens": b.lengths.transcript(3.0),
+    }
+    checkpoint = system.checkpoint(tmp_path)
+    plan = {"steps": rerun[:2], "offline": offline}
+    result = asr.run_baseline(b, checkpoint, signal, plan, tmp_path)
+    first, at10 = result["steps"]
+    assert first["ids"] == summary["first_step_ids"]  # float32, CPU: the same tokens
+    assert first["generated_tokens"] == 12 and at10["generated_tokens"] == 13
+    assert at10["audio_tokens"] == summary["at"]["10"]["audio_tokens"]
+    assert at10["prompt_tokens"] == summary["at"]["10"]["prompt_tokens"]
+    assert result["offline"]["output_tokens_per_clip"] == 4 + 12
+
+
+def test_cli_parses_bench_asr():
+    a = parser().parse_args(
+        ["bench", "asr", "--shape", "tiny", "--workloads", "steps,wire", "--streams", "2,4"]
+    )
+    assert a.workload == "asr" and a.workloads == ("steps", "wire") and a.streams == (2, 4)
+    default = parser().parse_args(["bench", "asr"])
+    assert default.workloads == asr.DEFAULT_WORKLOADS and default.shape == "qwen3-asr-0.6b"
