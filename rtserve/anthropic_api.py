@@ -15,6 +15,7 @@ from rtserve.chat_api import (
     Message,
     chat_model,
     collect,
+    endpoint,
     generate,
     json_body,
     prompt_ids,
@@ -33,13 +34,7 @@ def error_response(e: ApiError) -> JSONResponse:
 
 
 def api(handler):
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except ApiError as e:
-            return error_response(e)
-
-    return endpoint
+    return endpoint(handler, error_response)
 
 
 def _conversation(body: dict) -> list[Message]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from engine.engine import Output, RequestError
 from engine.request import DEFAULT
@@ -39,6 +40,18 @@ class ApiError(Exception):
             param,
             code,
         )
+
+
+def endpoint(handler, render: Callable[[ApiError], Response]):
+    """An HTTP handler whose ApiErrors become responses in its API's error shape."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as e:
+            return render(e)
+
+    return run
 
 
 def chat_model(server: Server, name: Any) -> Any:

@@ -17,6 +17,7 @@ from rtserve.chat_api import (
     Message,
     chat_model,
     collect,
+    endpoint,
     generate,
     json_body,
     prompt_ids,
@@ -35,13 +36,7 @@ def error_response(e: ApiError) -> JSONResponse:
 
 
 def api(handler):
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except ApiError as e:
-            return error_response(e)
-
-    return endpoint
+    return endpoint(handler, error_response)
 
 
 def _check_common(body: dict) -> None:

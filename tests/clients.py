@@ -47,27 +47,17 @@ def chunks(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
-class RealtimeClient:
-    """OpenAI Realtime over a raw WebSocket; remembers every event it has read."""
+class Client:
+    """What both protocol clients share: reading events, waiting for a type, filtering."""
+
+    decode = staticmethod(json.loads)  # one frame -> one event
 
     def __init__(self, ws: websockets.ClientConnection) -> None:
         self.ws = ws
         self.events: list[dict] = []
 
-    @classmethod
-    async def connect(cls, url: str, query: str = "intent=transcription", **kw) -> RealtimeClient:
-        ws = await websockets.connect(f"ws://{url}/v1/realtime?{query}", **kw)
-        return cls(ws)
-
-    async def send(self, type: str, **fields) -> None:
-        await self.ws.send(json.dumps({"type": type, **fields}))
-
-    async def append(self, audio: bytes, chunk: int = 4800) -> None:
-        for c in chunks(audio, chunk):
-            await self.send("input_audio_buffer.append", audio=base64.b64encode(c).decode())
-
     async def recv(self, timeout: float = TIMEOUT) -> dict:
-        event = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        event = self.decode(await asyncio.wait_for(self.ws.recv(), timeout))
         self.events.append(event)
         return event
 
@@ -85,12 +75,26 @@ class RealtimeClient:
         await self.ws.close()
 
 
-class NativeClient:
+class RealtimeClient(Client):
+    """OpenAI Realtime over a raw WebSocket; remembers every event it has read."""
+
+    @classmethod
+    async def connect(cls, url: str, query: str = "intent=transcription", **kw) -> RealtimeClient:
+        ws = await websockets.connect(f"ws://{url}/v1/realtime?{query}", **kw)
+        return cls(ws)
+
+    async def send(self, type: str, **fields) -> None:
+        await self.ws.send(json.dumps({"type": type, **fields}))
+
+    async def append(self, audio: bytes, chunk: int = 4800) -> None:
+        for c in chunks(audio, chunk):
+            await self.send("input_audio_buffer.append", audio=base64.b64encode(c).decode())
+
+
+class NativeClient(Client):
     """The msgpack protocol on /v1/stream."""
 
-    def __init__(self, ws: websockets.ClientConnection) -> None:
-        self.ws = ws
-        self.events: list[dict] = []
+    decode = staticmethod(msgpack.unpackb)
 
     @classmethod
     async def connect(cls, url: str, **kw) -> NativeClient:
@@ -102,18 +106,3 @@ class NativeClient:
     async def audio(self, data: bytes, chunk: int = 3200) -> None:
         for c in chunks(data, chunk):
             await self.ws.send(msgpack.packb(c, use_bin_type=True))
-
-    async def recv(self, timeout: float = TIMEOUT) -> dict:
-        event = msgpack.unpackb(await asyncio.wait_for(self.ws.recv(), timeout))
-        self.events.append(event)
-        return event
-
-    async def wait_for(self, type: str, timeout: float = TIMEOUT) -> dict:
-        async with asyncio.timeout(timeout):
-            while True:
-                event = await self.recv()
-                if event["type"] == type:
-                    return event
-
-    def of(self, type: str) -> list[dict]:
-        return [e for e in self.events if e["type"] == type]
