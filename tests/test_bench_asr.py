@@ -4,6 +4,7 @@ the checkpoint writer's folder loads, and the qwen-asr baseline decodes what we 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from engine.config import EngineConfig
 from engine.loader import find_family
 from rtserve.cli import parser
 
-REF_PYTHON = Path(asr.DEFAULT_BASELINE_PYTHON)
+BASELINE_GOLDEN = Path(__file__).parent / "fixtures" / "bench_asr_baseline.json"
 TINY = dict(shape="tiny", device="cpu", dtype="float32", seed=0)
 
 
@@ -98,13 +99,10 @@ def test_the_checkpoint_writer_makes_a_folder_our_loader_loads(system, tmp_path)
     assert set(tokenizer.eos_token_ids) >= {synthetic.token_ids()["<|im_end|>"]}
 
 
-def test_the_qwen_asr_baseline_decodes_our_first_step(system, signal, stepped, tmp_path):
-    if not REF_PYTHON.is_file():
-        pytest.fail(
-            f"{REF_PYTHON} is missing: the baseline parity test needs the reference environment "
-            "(bash tests/fixtures/make_ref_env.sh)"
-        )
-    summary, rerun = stepped
+def run_the_baseline(system, signal, stepped, tmp_path) -> dict:
+    """qwen-asr (in the reference environment) re-running our first step and our step at 10 s;
+    tests/fixtures/make_bench_asr_golden.py stores what it returns."""
+    _, rerun = stepped
     b = bench(concurrency=2, clip_seconds=3.0, baseline_repeats=1)
     offline = {
         "concurrency": 2,
@@ -114,7 +112,12 @@ def test_the_qwen_asr_baseline_decodes_our_first_step(system, signal, stepped, t
     }
     checkpoint = system.checkpoint(tmp_path)
     plan = {"steps": rerun[:2], "offline": offline}
-    result = asr.run_baseline(b, checkpoint, signal, plan, tmp_path)
+    return asr.run_baseline(b, checkpoint, signal, plan, tmp_path)
+
+
+def test_the_qwen_asr_baseline_decodes_our_first_step(stepped):
+    summary, _ = stepped
+    result = json.loads(BASELINE_GOLDEN.read_text())
     first, at10 = result["steps"]
     assert first["ids"] == summary["first_step_ids"]  # float32, CPU: the same tokens
     assert first["generated_tokens"] == 12 and at10["generated_tokens"] == 13
