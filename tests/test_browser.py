@@ -23,7 +23,8 @@ new MutationObserver(() => {
   for (const c of document.querySelectorAll('.caption')) {
     window.captionLog.push([c.dataset.item, c.querySelector('.stable').textContent]);
   }
-}).observe(document.getElementById('captions'), {subtree: true, childList: true, characterData: true});
+}).observe(document.getElementById('captions'),
+           {subtree: true, childList: true, characterData: true});
 """
 
 
