@@ -150,10 +150,6 @@ class BlockManager:
             self.ref_counts[block] += 1
         return list(table)
 
-    def copies_needed(self, table: list[int], start: int, end: int) -> int:
-        """How many blocks `prepare_write(table, start, end)` takes; lets a scheduler plan."""
-        return len(self._shared_indices(table, start, end))
-
     def prepare_write(self, table: list[int], start: int, end: int) -> list[tuple[int, int]] | None:
         """Copy-on-write before the sequence writes token slots [start, end).
 
@@ -191,13 +187,6 @@ class BlockManager:
             if key not in self._cache:
                 self._cache[key] = block
                 self._keys[block] = key
-
-    def slot(self, table: list[int], position: int) -> int:
-        """Flat KV slot index of token `position` of the sequence."""
-        if position < 0:
-            raise ValueError(f"negative position {position}")
-        index, offset = divmod(position, self.block_size)
-        return table[index] * self.block_size + offset
 
     def _shared_indices(self, table: list[int], start: int, end: int) -> list[int]:
         if end <= start:

@@ -141,7 +141,7 @@ class Connection(ABC):
             await self.on_open()
             await asyncio.wait([stop, tasks[0], tasks[1]], return_when=asyncio.FIRST_COMPLETED)
             if self._stop.is_set() and self._close_code != CLOSE_POLICY:
-                await self._drain(tasks[1])
+                await self._drain()
         finally:
             for t in [*tasks, stop]:
                 t.cancel()
@@ -149,7 +149,7 @@ class Connection(ABC):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ws.close(self._close_code, self._close_reason), 2.0)
 
-    async def _drain(self, sender: asyncio.Task) -> None:
+    async def _drain(self) -> None:
         """Let the queued events out before closing, within a short grace period."""
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._outbox.join(), 2.0)

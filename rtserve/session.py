@@ -314,10 +314,6 @@ class TranscriptionSession:
                 lag = int((time.monotonic() - s.unheard[0][1]) * 1000)
         return Lag(ms(buffered), lag, ms(self._dropped))
 
-    @property
-    def received_ms(self) -> int:
-        return ms(self._received)
-
     # ---- the audio path ----
 
     async def _decode(self, step, *args) -> np.ndarray:

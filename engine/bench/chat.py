@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,6 @@ class ChatBench:
     dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
     block_size: int = 16
     seed: int = 0
-    results: dict[str, Any] = field(default_factory=dict)
 
     def config_dict(self) -> dict[str, Any]:
         if self.model is not None:
@@ -133,11 +132,7 @@ def run(b: ChatBench) -> dict[str, Any]:
         # max |logit difference| / logit std between the two engines on one prompt: the same
         # model (dtype rounding only) when small
         "logit_gap_vs_transformers": same_model,
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in asdict(b).items()
-            if k != "results"
-        },
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(b).items()},
         "rows": rows,
     }
 
