@@ -12,6 +12,7 @@ from starlette.websockets import WebSocket
 
 from rtserve import anthropic_api, audio_api, http_api, openai_api
 from rtserve.auth import ApiKeyMiddleware
+from rtserve.protocols.funasr import FunasrConnection
 from rtserve.protocols.native import NativeConnection
 from rtserve.protocols.openai_realtime import RealtimeConnection
 from rtserve.server import Server
@@ -27,6 +28,10 @@ async def stream(websocket: WebSocket) -> None:
     await NativeConnection(websocket, websocket.app.state.server).serve()
 
 
+async def funasr(websocket: WebSocket) -> None:
+    await FunasrConnection(websocket, websocket.app.state.server).serve()
+
+
 def build_app(server: Server) -> Starlette:
     routes = [
         Route("/health", http_api.health),
@@ -39,6 +44,10 @@ def build_app(server: Server) -> Starlette:
         Route("/v1/messages/count_tokens", anthropic_api.count_tokens, methods=["POST"]),
         WebSocketRoute("/v1/realtime", realtime),
         WebSocketRoute("/v1/stream", stream),
+        WebSocketRoute("/v1/funasr", funasr),
+        # stock FunASR clients connect to the root; a WebSocketRoute matches only WebSocket
+        # scopes, so an HTTP GET / falls through to the demo page below
+        WebSocketRoute("/", funasr),
         Mount("/", StaticFiles(directory=WEB_DEMO, html=True), name="web_demo"),
     ]
     app = Starlette(

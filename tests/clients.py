@@ -106,3 +106,89 @@ class NativeClient(Client):
     async def audio(self, data: bytes, chunk: int = 3200) -> None:
         for c in chunks(data, chunk):
             await self.ws.send(msgpack.packb(c, use_bin_type=True))
+
+
+class FunasrClient(Client):
+    """FunASR's runtime WebSocket protocol, written from its documentation (modelscope/FunASR
+    runtime/docs/websocket_protocol.md) and its Python client (runtime/python/websocket/
+    funasr_wss_client.py), not from our server: it connects with the subprotocol "binary", sends
+    a JSON config with `is_speaking: true`, PCM16 frames of `60 * chunk_size[1] / chunk_interval`
+    ms (paced at that interval, or as fast as possible), then `{"is_speaking": false}`; results
+    `{"mode", "wav_name", "text", "is_final", ...}` come until one says `is_final: true`."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        super().__init__(ws)
+        self.config: dict = {}
+
+    @classmethod
+    async def connect(cls, url: str, path: str = "/", **kw) -> FunasrClient:
+        kw.setdefault("subprotocols", ["binary"])
+        return cls(await websockets.connect(f"ws://{url}{path}", ping_interval=None, **kw))
+
+    async def start(
+        self,
+        mode: str = "2pass",
+        wav_name: str = "demo",
+        audio_fs: int = 16_000,
+        chunk_size: tuple[int, int, int] = (5, 10, 5),
+        chunk_interval: int = 10,
+        wav_format: str = "pcm",
+        hotwords: str = "",
+        itn: bool = True,
+        **extra,
+    ) -> None:
+        """The first message, as funasr_wss_client.py sends it before each file."""
+        self.config = {
+            "mode": mode,
+            "chunk_size": list(chunk_size),
+            "chunk_interval": chunk_interval,
+            "encoder_chunk_look_back": 4,
+            "decoder_chunk_look_back": 0,
+            "audio_fs": audio_fs,
+            "wav_name": wav_name,
+            "wav_format": wav_format,
+            "is_speaking": True,
+            "hotwords": hotwords,
+            "itn": itn,
+            **extra,
+        }
+        await self.send_json(self.config)
+
+    async def send_json(self, message: dict) -> None:
+        await self.ws.send(json.dumps(message))
+
+    def frame_seconds(self) -> float:
+        return 60 * self.config["chunk_size"][1] / self.config["chunk_interval"] / 1000
+
+    async def audio(self, data: bytes, paced: bool = False) -> None:
+        """Frames of `frame_seconds` of PCM16 (the client's stride), each followed by a pause of
+        that length when `paced` (the client's pace in online and 2pass modes)."""
+        stride = int(self.frame_seconds() * self.config["audio_fs"] * 2)
+        for frame in chunks(data, stride):
+            await self.ws.send(frame)
+            if paced:
+                await asyncio.sleep(self.frame_seconds())
+
+    async def stop(self) -> None:
+        await self.send_json({"is_speaking": False})
+
+    async def until_final(self, timeout: float = TIMEOUT) -> list[dict]:
+        """The messages up to and including the one with `is_final: true`."""
+        got = []
+        async with asyncio.timeout(timeout):
+            while True:
+                got.append(await self.recv())
+                if got[-1]["is_final"]:
+                    return got
+
+    async def transcribe(self, data: bytes, paced: bool = False, **config) -> list[dict]:
+        """One file: config, audio, end; the results."""
+        await self.start(**config)
+        await self.audio(data, paced)
+        await self.stop()
+        return await self.until_final()
+
+
+def funasr_text(results: list[dict], mode: str) -> str:
+    """What a FunASR client shows for `mode`: the texts of its results, concatenated."""
+    return "".join(r["text"] for r in results if r.get("mode") == mode)

@@ -29,7 +29,7 @@ ui.apiKey.addEventListener("change", () => {
 });
 ui.mode.addEventListener("change", () => (ui.assistantPanel.hidden = ui.mode.value !== "assistant"));
 ui.start.addEventListener("click", start);
-ui.stop.addEventListener("click", stop);
+ui.stop.addEventListener("click", () => stop());
 ui.fileForm.addEventListener("submit", transcribeFile);
 
 function setState(kind, text) {
@@ -101,7 +101,7 @@ async function start() {
   connect();
 }
 
-function stop() {
+function stop(state = ["idle", "not connected"]) {
   wanted = false;
   ui.start.disabled = false;
   ui.stop.disabled = true;
@@ -111,7 +111,7 @@ function stop() {
     audio.context.close();
     audio = null;
   }
-  setState("idle", "not connected");
+  if (state) setState(...state);
 }
 
 function connect() {
@@ -132,9 +132,8 @@ function onClose(e) {
   let wait = backoff;
   if (e.code === 1013) wait = (retryAfter || 5) * 1000; // server full: it said when to retry
   if (e.code === 1008) {
-    wanted = false;
-    stop();
-    return; // bad key or not reading: the error event already said why
+    stop(null); // bad key or not reading: the error event already said why; keep its state
+    return;
   }
   backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
   setState("connecting", `reconnecting in ${Math.round(wait / 1000)} s`);
