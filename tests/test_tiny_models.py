@@ -1,8 +1,9 @@
 """The tiny checkpoint builders, and their agreement with the committed golden fixtures.
 
-Runs in the project environment (no transformers). The golden files come from
-tests/fixtures/make_qwen3_golden.py and make_qwen3_asr_golden.py (run in the reference
-environment, .venv-ref/) and make_qwen3_asr_golden_hf.py (.venv-ref5/, transformers 5).
+Runs in the project environment (no transformers, no funasr). The golden files come from
+tests/fixtures/make_qwen3_golden.py, make_qwen3_asr_golden.py and make_paraformer_golden.py (run
+in the reference environment, .venv-ref/) and make_qwen3_asr_golden_hf.py (.venv-ref5/,
+transformers 5).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 from tests.tiny_models import (
+    PARAFORMER_DECODER_DIMS,
+    PARAFORMER_ENCODER_DIMS,
+    PARAFORMER_FEAT_DIM,
+    PARAFORMER_TOKENS,
     QWEN3_ASR_AUDIO_DIMS,
     QWEN3_ASR_DIR,
     QWEN3_ASR_HF_DIR,
@@ -26,9 +31,15 @@ from tests.tiny_models import (
     QWEN3_ASR_RELEASED_FILES,
     QWEN3_DIMS,
     QWEN3_TOKENIZER_DIR,
+    build_paraformer,
     build_qwen3,
     build_qwen3_asr,
+    load_paraformer_tensors,
     load_tensors,
+    paraformer_cmvn,
+    paraformer_config,
+    paraformer_tensors_sha256,
+    paraformer_weight_shapes,
     qwen3_asr_fragment_ids,
     qwen3_asr_hf_name,
     qwen3_asr_token_ids,
@@ -529,3 +540,143 @@ def test_qwen3_asr_golden_streaming_steps(asr_golden: dict) -> None:
             previous = step["raw"]
             ks.append(step["rollback_k"])
     assert max(ks) > spec["unfixed_token_num"], "a U+FFFD rollback case is covered"
+
+
+# ------------------------------------------------------------------------------------------------
+# Paraformer / Paraformer-streaming (FunASR)
+# ------------------------------------------------------------------------------------------------
+
+PARAFORMER_DIR = QWEN3_ASR_DIR.parent / "paraformer"
+PARAFORMER_FILES = ["am.mvn", "config.yaml", "configuration.json", "model.pt", "seg_dict",
+                    "tokens.json"]  # fmt: skip
+PARAFORMER_BUILDS = {"offline": False, "streaming": True}
+
+
+@pytest.fixture(scope="module")
+def paraformer_golden() -> dict:
+    return read_json(PARAFORMER_DIR / "golden.json")
+
+
+@pytest.fixture(scope="module")
+def paraformer_tensors() -> dict[str, np.ndarray]:
+    return load_file(str(PARAFORMER_DIR / "golden.safetensors"))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_paraformer_build_is_deterministic(tmp_path: Path, streaming: bool) -> None:
+    a = build_paraformer(tmp_path / "a", seed=3, streaming=streaming)
+    b = build_paraformer(tmp_path / "b", seed=3, streaming=streaming)
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir()) == PARAFORMER_FILES
+    match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    assert (mismatch, errors) == ([], [])  # model.pt too: torch.save is deterministic
+    other = build_paraformer(tmp_path / "c", seed=4, streaming=streaming)
+    assert paraformer_tensors_sha256(other) != paraformer_tensors_sha256(a)
+
+
+def test_paraformer_offline_and_streaming_hold_the_same_tensors(tmp_path: Path) -> None:
+    offline = build_paraformer(tmp_path / "offline")
+    streaming = build_paraformer(tmp_path / "streaming", streaming=True)
+    assert paraformer_tensors_sha256(offline) == paraformer_tensors_sha256(streaming)
+    assert (offline / "am.mvn").read_bytes() == (streaming / "am.mvn").read_bytes()
+    assert (offline / "config.yaml").read_bytes() != (streaming / "config.yaml").read_bytes()
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_paraformer_config_files_load_without_funasr(tmp_path: Path, streaming: bool) -> None:
+    yaml = pytest.importorskip("yaml")
+    from audio.fbank import read_mvn
+
+    folder = build_paraformer(tmp_path / "m", streaming=streaming)
+    config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    assert config == paraformer_config(streaming=streaming)
+    enc, dec = config["encoder_conf"], config["decoder_conf"]
+    assert config["model"] == ("ParaformerStreaming" if streaming else "Paraformer")
+    assert config["encoder"] == ("SANMEncoderChunkOpt" if streaming else "SANMEncoder")
+    assert enc["input_layer"] == ("pe_online" if streaming else "pe")
+    assert config["frontend"] == ("WavFrontendOnline" if streaming else "WavFrontend")
+    assert dec["sanm_shfit"] == (5 if streaming else 0)
+    assert config["frontend_conf"]["dither"] == 0.0
+    if streaming:
+        assert enc["chunk_size"] == [12, 15] and enc["stride"] == [8, 10]
+        assert enc["encoder_att_look_back_factor"] == [4, 4]
+    # configuration.json names the files, as the released one does
+    metas = read_json(folder / "configuration.json")["file_path_metas"]
+    assert metas["init_param"] == "model.pt" and metas["config"] == "config.yaml"
+    assert metas["tokenizer_conf"] == {"token_list": "tokens.json", "seg_dict_file": "seg_dict"}
+    assert metas["frontend_conf"] == {"cmvn_file": "am.mvn"}
+    tokens = read_json(folder / "tokens.json")
+    assert tokens == PARAFORMER_TOKENS and tokens[:3] == ["<blank>", "<s>", "</s>"]
+    assert tokens[-1] == config["tokenizer_conf"]["unk_symbol"] == "<unk>"
+    seg = dict(line.split(" ", 1) for line in (folder / "seg_dict").read_text().splitlines())
+    assert seg["hello"] == "hel@@ lo" and all(p in tokens for v in seg.values() for p in v.split())
+    shift, scale = read_mvn(folder / "am.mvn")
+    assert np.array_equal(shift.numpy(), paraformer_cmvn()[0].astype(np.float32))
+    assert np.array_equal(scale.numpy(), paraformer_cmvn()[1].astype(np.float32))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_paraformer_tensors_load_without_funasr(tmp_path: Path, streaming: bool) -> None:
+    folder = build_paraformer(tmp_path / "m", streaming=streaming)
+    tensors = load_paraformer_tensors(folder)  # torch.load(weights_only=True): a plain dict
+    shapes = paraformer_weight_shapes(len(PARAFORMER_TOKENS))
+    assert [(k, v.shape) for k, v in tensors.items()] == list(shapes.items())
+    assert all(t.dtype == np.float32 for t in tensors.values()) and len(tensors) == 93
+    d, vocab = PARAFORMER_ENCODER_DIMS["output_size"], len(PARAFORMER_TOKENS)
+    qkv = tensors["encoder.encoders0.0.self_attn.linear_q_k_v.weight"]
+    assert qkv.shape == (3 * d, PARAFORMER_FEAT_DIM)
+    assert tensors["decoder.output_layer.weight"].shape == (vocab, d)
+    assert tensors["predictor.cif_conv1d.weight"].shape == (d, d, 3)
+    layers = PARAFORMER_ENCODER_DIMS["num_blocks"] - 1
+    assert sum(k.startswith("encoder.encoders.") for k in tensors) == 13 * layers
+    layers = PARAFORMER_DECODER_DIMS["att_layer_num"]
+    assert sum(k.startswith("decoder.decoders.") for k in tensors) == 18 * layers
+
+
+@pytest.mark.parametrize("name", list(PARAFORMER_BUILDS))
+def test_paraformer_golden_matches_builder(
+    tmp_path: Path, paraformer_golden: dict, name: str
+) -> None:
+    entry = paraformer_golden["checkpoints"][name]
+    folder = build_paraformer(tmp_path / name, **entry["build"])
+    assert entry["build"]["streaming"] == PARAFORMER_BUILDS[name]
+    assert entry["tensors_sha256"] == paraformer_tensors_sha256(folder)
+    assert entry["config"] == paraformer_config(streaming=PARAFORMER_BUILDS[name])
+    assert entry["check"]["num_tensors"] == len(load_paraformer_tensors(folder))
+
+
+def test_paraformer_golden_versions_and_size(paraformer_golden: dict) -> None:
+    versions = paraformer_golden["versions"]
+    assert versions["funasr"] == "1.4.16" and versions["fbank_backend"] == "torchaudio"
+    size = sum(p.stat().st_size for p in PARAFORMER_DIR.glob("golden.*"))
+    assert size < 250_000
+
+
+def test_paraformer_golden_shapes_match_config(
+    paraformer_golden: dict, paraformer_tensors: dict[str, np.ndarray]
+) -> None:
+    d, vocab = PARAFORMER_ENCODER_DIMS["output_size"], len(PARAFORMER_TOKENS)
+    assert PARAFORMER_DECODER_DIMS["att_layer_num"] == PARAFORMER_DECODER_DIMS["num_blocks"]
+    fired = 0
+    for clip, case in paraformer_golden["offline"].items():
+        t = case["lfr_frames"]
+        assert paraformer_tensors[case["encoder_out"]].shape == (t, d), clip
+        assert paraformer_tensors[case["alphas"]].shape == (t + 1,), clip  # + the tail frame
+        assert case["token_num"] == np.floor(case["alphas_sum"]), clip
+        if case["token_ids"]:
+            n = int(case["token_num"])
+            assert paraformer_tensors[case["decoder_logits"]].shape == (n, vocab), clip
+            assert paraformer_tensors[case["acoustic_embeds"]].shape == (n, d), clip
+            assert all(0 < i < vocab and i not in (1, 2) for i in case["token_ids"]), clip
+            fired += n
+    assert fired >= 30, "CIF fires a few tokens per second on the speech clips"
+    for name, case in paraformer_golden["streaming"].items():
+        for i, call in enumerate(case["calls"]):
+            for j, step in enumerate(call["steps"]):
+                key = f"streaming/{name}/call{i}/step{j}"
+                rows = paraformer_tensors[key + "/encoder_out"].shape[0]
+                assert rows == (step["frontend_frames"] or 0) + 5, key  # 5 overlap frames
+                assert paraformer_tensors[key + "/alphas_raw"].shape == (rows,), key
+                if step["tokens_fired"]:
+                    shape = (step["tokens_fired"], vocab)
+                    assert paraformer_tensors[key + "/decoder_logprobs"].shape == shape, key

@@ -724,3 +724,424 @@ def qwen3_asr_audio(name: str) -> np.ndarray:
             9.0, [(0.5, hello), (0.5 + len(hello) / SAMPLE_RATE + 2.5, _speech("weather"))]
         )
     raise KeyError(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Paraformer and Paraformer-streaming (FunASR)
+#
+# `build_paraformer` writes a tiny model folder in the layout of the released FunASR checkpoints
+# (funasr/paraformer-zh, funasr/paraformer-zh-streaming): config.yaml, configuration.json,
+# model.pt (a plain torch state dict with FunASR's key names, written with torch.save from numpy,
+# without funasr), am.mvn (Kaldi nnet text), tokens.json and seg_dict. The offline and streaming
+# models have the same tensors (FunASR's ParaformerStreaming keeps Paraformer's key names); their
+# config.yaml differ as the released ones do: SANMEncoderChunkOpt with `input_layer: pe_online`
+# and the SCAMA chunk settings, a causal decoder FSMN (`sanm_shfit: 5`) and WavFrontendOnline.
+# tests/fixtures/make_paraformer_golden.py checks both against funasr's classes and records its
+# outputs on `paraformer_audio` clips.
+# ------------------------------------------------------------------------------------------------
+
+PARAFORMER_ENCODER_DIMS = {
+    "output_size": 32,
+    "attention_heads": 2,
+    "linear_units": 64,
+    "num_blocks": 3,
+    "kernel_size": 11,
+}
+PARAFORMER_DECODER_DIMS = {
+    "attention_heads": 2,
+    "linear_units": 64,
+    "num_blocks": 2,
+    "att_layer_num": 2,
+    "kernel_size": 11,
+}
+PARAFORMER_N_MELS, PARAFORMER_LFR_M, PARAFORMER_LFR_N = 80, 7, 6
+PARAFORMER_FEAT_DIM = PARAFORMER_N_MELS * PARAFORMER_LFR_M  # 560
+# The SCAMA chunk settings of the released paraformer-zh-streaming encoder_conf (training-time
+# masks; inference takes chunk_size=[0, 10, 5] from the caller instead).
+PARAFORMER_STREAMING_CHUNKS = {
+    "chunk_size": [12, 15],
+    "stride": [8, 10],
+    "pad_left": [0, 0],
+    "encoder_att_look_back_factor": [4, 4],
+    "decoder_att_look_back_factor": [1, 1],
+}
+PARAFORMER_TOKENS = [
+    "<blank>", "<s>", "</s>",
+    "你", "好", "今", "天", "气", "很", "不", "错", "我", "们", "说", "话", "的", "是",
+    "一", "二", "三", "四", "0", "1", "2", "3",
+    "a", "b", "c", "d", "e", "h", "i", "k", "l", "o", "r", "s", "t", "w",
+    "hel@@", "lo", "wor@@", "ld", "wea@@", "ther", "to@@", "day", "the", "is", "good",
+    "it's", "'",
+    "<unk>",
+]  # fmt: skip
+# seg_dict: word -> pieces, as the released file maps English words to BPE pieces (CharTokenizer
+# uses it to encode text only; decoding ignores it).
+PARAFORMER_SEG_DICT = {
+    "hello": "hel@@ lo",
+    "world": "wor@@ ld",
+    "weather": "wea@@ ther",
+    "today": "to@@ day",
+    "the": "the",
+    "is": "is",
+    "good": "good",
+    "it's": "it's",
+    **{ch: ch for ch in "你好今天气很不错我们说话的是一二三四"},
+}
+
+# Random weights: matrices and convolutions PARAFORMER_GAIN / sqrt(fan_in), biases BIAS_STD,
+# LayerNorm weights 1 +- NORM_NOISE_STD. The output layer gets a larger gain so that the decoder's
+# argmax has clear margins, and the CIF predictor's output gain and bias set how often CIF fires:
+# a few tokens per second of speech (sum of alphas), not zero.
+PARAFORMER_GAIN = 1.0
+PARAFORMER_OUTPUT_GAIN = 3.0
+PARAFORMER_CIF_GAIN = 3.0
+PARAFORMER_CIF_BIAS = -2.1
+
+
+def paraformer_config(*, streaming: bool = False) -> dict[str, object]:
+    """config.yaml of the tiny model, in the released files' layout (dimensions shrunk)."""
+    enc, dec = PARAFORMER_ENCODER_DIMS, PARAFORMER_DECODER_DIMS
+    encoder_conf: dict[str, object] = {
+        "output_size": enc["output_size"],
+        "attention_heads": enc["attention_heads"],
+        "linear_units": enc["linear_units"],
+        "num_blocks": enc["num_blocks"],
+        "dropout_rate": 0.1,
+        "positional_dropout_rate": 0.1,
+        "attention_dropout_rate": 0.1,
+        "input_layer": "pe_online" if streaming else "pe",
+        "pos_enc_class": "SinusoidalPositionEncoder",
+        "normalize_before": True,
+        "kernel_size": enc["kernel_size"],
+        "sanm_shfit": 0,
+        "selfattention_layer_type": "sanm",
+    }
+    if streaming:
+        encoder_conf |= PARAFORMER_STREAMING_CHUNKS
+    decoder_conf = {
+        "attention_heads": dec["attention_heads"],
+        "linear_units": dec["linear_units"],
+        "num_blocks": dec["num_blocks"],
+        "dropout_rate": 0.1,
+        "positional_dropout_rate": 0.1,
+        "self_attention_dropout_rate": 0.1,
+        "src_attention_dropout_rate": 0.1,
+        "att_layer_num": dec["att_layer_num"],
+        "kernel_size": dec["kernel_size"],
+        "sanm_shfit": 5 if streaming else 0,  # streaming: a causal FSMN memory in the decoder
+    }
+    return {
+        "model": "ParaformerStreaming" if streaming else "Paraformer",
+        "model_conf": {
+            "ctc_weight": 0.0,
+            "lsm_weight": 0.1,
+            "length_normalized_loss": True,
+            "predictor_weight": 1.0,
+            "predictor_bias": 1,
+            "sampling_ratio": 0.75,
+        },
+        "encoder": "SANMEncoderChunkOpt" if streaming else "SANMEncoder",
+        "encoder_conf": encoder_conf,
+        "decoder": "ParaformerSANMDecoder",
+        "decoder_conf": decoder_conf,
+        "predictor": "CifPredictorV2",
+        "predictor_conf": {
+            "idim": enc["output_size"],
+            "threshold": 1.0,
+            "l_order": 1,
+            "r_order": 1,
+            "tail_threshold": 0.45,
+        },
+        "frontend": "WavFrontendOnline" if streaming else "WavFrontend",
+        "frontend_conf": {
+            "fs": 16000,
+            "window": "hamming",
+            "n_mels": PARAFORMER_N_MELS,
+            "frame_length": 25,
+            "frame_shift": 10,
+            "dither": 0.0,  # WavFrontend defaults to 1.0 (random): parity needs 0
+            "lfr_m": PARAFORMER_LFR_M,
+            "lfr_n": PARAFORMER_LFR_N,
+        },
+        "specaug": "SpecAugLFR",  # training only
+        "specaug_conf": {
+            "apply_time_warp": False,
+            "time_warp_window": 5,
+            "time_warp_mode": "bicubic",
+            "apply_freq_mask": True,
+            "freq_mask_width_range": [0, 30],
+            "lfr_rate": 6,
+            "num_freq_mask": 1,
+            "apply_time_mask": True,
+            "time_mask_width_range": [0, 12],
+            "num_time_mask": 1,
+        },
+        "tokenizer": "CharTokenizer",
+        "tokenizer_conf": {"unk_symbol": "<unk>", "split_with_space": True},
+        "ctc_conf": {
+            "dropout_rate": 0.0,
+            "ctc_type": "builtin",
+            "reduce": True,
+            "ignore_nan_grad": True,
+        },
+        "normalize": None,
+    }
+
+
+def _yaml_scalar(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _yaml_lines(doc: dict[str, object], indent: int) -> list[str]:
+    pad, lines = " " * indent, []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            lines += [f"{pad}{key}:", *_yaml_lines(value, indent + 4)]
+        elif isinstance(value, list):
+            lines += [f"{pad}{key}:", *(f"{pad}- {_yaml_scalar(v)}" for v in value)]
+        else:
+            lines.append(f"{pad}{key}: {_yaml_scalar(value)}")
+    return lines
+
+
+def paraformer_config_yaml(config: dict[str, object]) -> str:
+    """YAML text in the released files' style: 4-space indents, block lists, a blank line
+    between top-level sections (a section is a key and, when it has one, its `_conf`)."""
+    out: list[str] = []
+    previous = None
+    for key, value in config.items():
+        if out and key != f"{previous}_conf":
+            out.append("")
+        out += _yaml_lines({key: value}, 0)
+        previous = key
+    return "\n".join(out) + "\n"
+
+
+def paraformer_configuration_json(*, streaming: bool = False) -> dict[str, object]:
+    """configuration.json as funasr/paraformer-zh ships it (its file_path_metas)."""
+    name = "online" if streaming else "pytorch"
+    return {
+        "framework": "pytorch",
+        "task": "auto-speech-recognition",
+        "model": {"type": "funasr"},
+        "pipeline": {"type": "funasr-pipeline"},
+        "model_name_in_hub": {
+            "ms": f"iic/speech_paraformer-large_asr_nat-zh-cn-16k-common-vocab8404-{name}",
+            "hf": "",
+        },
+        "file_path_metas": {
+            "init_param": "model.pt",
+            "config": "config.yaml",
+            "tokenizer_conf": {"token_list": "tokens.json", "seg_dict_file": "seg_dict"},
+            "frontend_conf": {"cmvn_file": "am.mvn"},
+        },
+    }
+
+
+def _sanm_encoder_layer_shapes(p: str, d_in: int, d: int, ffn: int, k: int) -> dict:
+    return {
+        p + "self_attn.linear_out.weight": (d, d),
+        p + "self_attn.linear_out.bias": (d,),
+        p + "self_attn.linear_q_k_v.weight": (3 * d, d_in),
+        p + "self_attn.linear_q_k_v.bias": (3 * d,),
+        p + "self_attn.fsmn_block.weight": (d, 1, k),
+        p + "feed_forward.w_1.weight": (ffn, d),
+        p + "feed_forward.w_1.bias": (ffn,),
+        p + "feed_forward.w_2.weight": (d, ffn),
+        p + "feed_forward.w_2.bias": (d,),
+        p + "norm1.weight": (d_in,),
+        p + "norm1.bias": (d_in,),
+        p + "norm2.weight": (d,),
+        p + "norm2.bias": (d,),
+    }
+
+
+def _sanm_decoder_ffn_shapes(p: str, d: int, ffn: int) -> dict:
+    """PositionwiseFeedForwardDecoderSANM: w_1 -> ReLU -> LayerNorm(norm) -> w_2 (no bias)."""
+    return {
+        p + "feed_forward.w_1.weight": (ffn, d),
+        p + "feed_forward.w_1.bias": (ffn,),
+        p + "feed_forward.w_2.weight": (d, ffn),
+        p + "feed_forward.norm.weight": (ffn,),
+        p + "feed_forward.norm.bias": (ffn,),
+    }
+
+
+def _sanm_decoder_layer_shapes(p: str, d: int, ffn: int, k: int) -> dict:
+    shapes = {
+        p + "self_attn.fsmn_block.weight": (d, 1, k),
+        p + "src_attn.linear_q.weight": (d, d),
+        p + "src_attn.linear_q.bias": (d,),
+        p + "src_attn.linear_k_v.weight": (2 * d, d),
+        p + "src_attn.linear_k_v.bias": (2 * d,),
+        p + "src_attn.linear_out.weight": (d, d),
+        p + "src_attn.linear_out.bias": (d,),
+    }
+    shapes |= _sanm_decoder_ffn_shapes(p, d, ffn)
+    for norm in ("norm1", "norm2", "norm3"):
+        shapes |= {p + f"{norm}.weight": (d,), p + f"{norm}.bias": (d,)}
+    return shapes
+
+
+def paraformer_weight_shapes(vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """FunASR's key names and shapes, in its state-dict order (the draw order). The same for
+    Paraformer and ParaformerStreaming (checked by make_paraformer_golden.py)."""
+    enc, dec = PARAFORMER_ENCODER_DIMS, PARAFORMER_DECODER_DIMS
+    d, k = enc["output_size"], enc["kernel_size"]
+    shapes = _sanm_encoder_layer_shapes(
+        "encoder.encoders0.0.", PARAFORMER_FEAT_DIM, d, enc["linear_units"], k
+    )
+    for i in range(enc["num_blocks"] - 1):
+        shapes |= _sanm_encoder_layer_shapes(f"encoder.encoders.{i}.", d, d, enc["linear_units"], k)
+    shapes |= {"encoder.after_norm.weight": (d,), "encoder.after_norm.bias": (d,)}
+    shapes |= {
+        "decoder.embed.0.weight": (vocab_size, d),
+        "decoder.after_norm.weight": (d,),
+        "decoder.after_norm.bias": (d,),
+        "decoder.output_layer.weight": (vocab_size, d),
+        "decoder.output_layer.bias": (vocab_size,),
+    }
+    ffn = dec["linear_units"]
+    for i in range(dec["att_layer_num"]):
+        shapes |= _sanm_decoder_layer_shapes(f"decoder.decoders.{i}.", d, ffn, dec["kernel_size"])
+    # decoders2 (num_blocks - att_layer_num FSMN-only layers) is empty here, as in the release.
+    shapes |= _sanm_decoder_ffn_shapes("decoder.decoders3.0.", d, ffn)
+    shapes |= {"decoder.decoders3.0.norm1.weight": (d,), "decoder.decoders3.0.norm1.bias": (d,)}
+    return shapes | {
+        "predictor.cif_conv1d.weight": (d, d, 3),
+        "predictor.cif_conv1d.bias": (d,),
+        "predictor.cif_output.weight": (1, d),
+        "predictor.cif_output.bias": (1,),
+    }
+
+
+def _paraformer_value(name: str, shape: tuple[int, ...], noise: np.ndarray) -> np.ndarray:
+    """One weight from its standard-normal draw (see PARAFORMER_GAIN and friends)."""
+    fan_in = float(np.prod(shape[1:])) if len(shape) > 1 else 1.0
+    if name == "predictor.cif_output.bias":
+        return PARAFORMER_CIF_BIAS + BIAS_STD * noise
+    if name.endswith(".bias"):
+        return BIAS_STD * noise
+    if len(shape) == 1:  # LayerNorm weights
+        return 1.0 + NORM_NOISE_STD * noise
+    if name == "decoder.embed.0.weight":  # target embeddings: training only
+        return noise
+    if name == "decoder.output_layer.weight":
+        return PARAFORMER_OUTPUT_GAIN / np.sqrt(fan_in) * noise
+    if name == "predictor.cif_output.weight":
+        return PARAFORMER_CIF_GAIN / np.sqrt(fan_in) * noise
+    return PARAFORMER_GAIN / np.sqrt(fan_in) * noise
+
+
+def paraformer_random_weights(
+    shapes: dict[str, tuple[int, ...]], seed: int
+) -> dict[str, np.ndarray]:
+    """Float32 weights from RandomState(seed), drawn in the order of `shapes`."""
+    rng = np.random.RandomState(seed)
+    out = {}
+    for name, shape in shapes.items():
+        value = _paraformer_value(name, shape, rng.standard_normal(shape))
+        out[name] = np.asarray(value, dtype=np.float32)
+    return out
+
+
+def paraformer_cmvn() -> tuple[np.ndarray, np.ndarray]:
+    """The am.mvn vectors (AddShift, Rescale), 560 each: a per-mel mean and inverse standard
+    deviation of log-mel fbank of speech (made up, but of realistic size), tiled over the 7
+    LFR frames as the released file is. Float64, rounded to the 6 decimals written."""
+    k = np.arange(PARAFORMER_N_MELS) / (PARAFORMER_N_MELS - 1)
+    rng = np.random.RandomState(560)
+    mean = 11.0 + 6.0 * np.sqrt(k) + 0.3 * rng.standard_normal(PARAFORMER_N_MELS)
+    inv_std = 0.3 - 0.1 * np.sqrt(k) + 0.01 * rng.standard_normal(PARAFORMER_N_MELS)
+    shift = np.round(np.tile(-mean, PARAFORMER_LFR_M), 6)
+    scale = np.round(np.tile(inv_std, PARAFORMER_LFR_M), 6)
+    return shift, scale
+
+
+def paraformer_am_mvn_text() -> str:
+    """am.mvn in the Kaldi nnet text layout of the released file."""
+    shift, scale = paraformer_cmvn()
+    n = PARAFORMER_FEAT_DIM
+
+    def vector(v: np.ndarray) -> str:
+        return "<LearnRateCoef> 0 [ " + " ".join(f"{x:.6f}" for x in v) + " ]"
+
+    lines = [
+        "<Nnet>",
+        f"<Splice> {n} {n}",
+        "[ 0 ]",
+        f"<AddShift> {n} {n}",
+        vector(shift),
+        f"<Rescale> {n} {n}",
+        vector(scale),
+        "</Nnet>",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def save_paraformer_state_dict(path: Path, weights: dict[str, np.ndarray]) -> None:
+    """model.pt: a plain torch state dict, as the released files hold (torch.save of a dict in
+    state-dict order). The bytes depend on the file name (torch names the archive after it)."""
+    import torch  # torch writes the checkpoint format; both environments have it
+
+    torch.save({name: torch.from_numpy(w) for name, w in weights.items()}, str(path))
+
+
+def build_paraformer(path: Path, *, seed: int = 0, streaming: bool = False) -> Path:
+    """Writes a complete tiny FunASR Paraformer (or ParaformerStreaming) folder at `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = paraformer_config(streaming=streaming)
+    (path / "config.yaml").write_text(paraformer_config_yaml(config), encoding="utf-8")
+    _write_json(path / "configuration.json", paraformer_configuration_json(streaming=streaming))
+    (path / "tokens.json").write_text(json.dumps(PARAFORMER_TOKENS) + "\n", encoding="utf-8")
+    seg = "".join(f"{word} {pieces}\n" for word, pieces in PARAFORMER_SEG_DICT.items())
+    (path / "seg_dict").write_text(seg, encoding="utf-8")
+    (path / "am.mvn").write_text(paraformer_am_mvn_text(), encoding="utf-8")
+    shapes = paraformer_weight_shapes(len(PARAFORMER_TOKENS))
+    save_paraformer_state_dict(path / "model.pt", paraformer_random_weights(shapes, seed))
+    return path
+
+
+def load_paraformer_tensors(folder: Path) -> dict[str, np.ndarray]:
+    """The tensors of a folder's model.pt, as numpy arrays, in file order."""
+    import torch
+
+    state = torch.load(str(Path(folder) / "model.pt"), map_location="cpu", weights_only=True)
+    return {name: t.numpy() for name, t in state.items()}
+
+
+def paraformer_tensors_sha256(folder: Path) -> str:
+    """tensors_sha256 of a Paraformer folder's model.pt (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(load_paraformer_tensors(folder).items()):
+        h.update(f"{name}|{t.dtype.str}|{list(t.shape)}\n".encode())
+        h.update(np.ascontiguousarray(t).tobytes())
+    return h.hexdigest()
+
+
+def paraformer_audio(name: str) -> np.ndarray:
+    """The named test signal (16 kHz mono float32) of the Paraformer fixtures:
+    `hello`, `weather`: the committed clips (36877 and 36196 samples: 228 and 224 fbank frames);
+    `tone_short`: 0.3 s of tones and seeded noise (28 frames); `tiny`: 300 samples of noise
+    (under one 400-sample window); `silence_1s`: zeros; `speech_4s`: 4.0 s of quiet seeded noise
+    with hello.ogg at 0.25 s and weather.ogg at 2.6 s (cut at 4 s)."""
+    if name in ("hello", "weather"):
+        return _speech(name)
+    if name == "tone_short":
+        noise = 0.01 * np.random.RandomState(3).standard_normal(4800)
+        return (_tone(0.3, [300.0, 1200.0, 3100.0], 0.3) + noise).astype(np.float32)
+    if name == "tiny":
+        return (0.05 * np.random.RandomState(5).standard_normal(300)).astype(np.float32)
+    if name == "silence_1s":
+        return np.zeros(SAMPLE_RATE, dtype=np.float32)
+    if name == "speech_4s":
+        noise = (0.003 * np.random.RandomState(4).standard_normal(4 * SAMPLE_RATE)).astype(
+            np.float32
+        )
+        return _place(4.0, [(0.0, noise), (0.25, _speech("hello")), (2.6, _speech("weather"))])
+    raise KeyError(name)
