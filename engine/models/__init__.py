@@ -24,6 +24,13 @@ def model_type(path: Path) -> str | None:
         return None
 
 
+def config_yaml_model(path: Path) -> str | None:
+    """config.yaml's `model:` (the model class of a FunASR folder), or None."""
+    from engine.funasr_loader import funasr_model
+
+    return funasr_model(path)
+
+
 def _load_qwen3(path: Path, name: str, rollback: Any = None, **options: Any) -> Any:
     from engine.chat import load_qwen3
 
@@ -36,7 +43,18 @@ def _load_qwen3_asr(path: Path, name: str, **options: Any) -> Any:
     return load_qwen3_asr(path, name, **options)
 
 
+def _load_paraformer(path: Path, name: str, rollback: Any = None, **options: Any) -> Any:
+    from engine.chunked import load_paraformer
+
+    return load_paraformer(path, name, **options)
+
+
 FAMILIES: list[Family] = [
     Family("qwen3", lambda p: model_type(p) == "qwen3", _load_qwen3),
     Family("qwen3_asr", lambda p: model_type(p) == "qwen3_asr", _load_qwen3_asr),
+    Family(
+        "paraformer",
+        lambda p: config_yaml_model(p) in ("Paraformer", "ParaformerStreaming"),
+        _load_paraformer,
+    ),
 ]
