@@ -1,0 +1,82 @@
+"""Paraformer models end to end over every protocol: FunASR's, /v1/realtime and /v1/stream."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+import numpy as np
+import pytest
+
+from engine.chunked import load_paraformer
+from engine.runtime import Runtime
+from tests.clients import FunasrClient, NativeClient, RealtimeClient, funasr_text, pcm16
+from tests.server import make_server, running
+from tests.tiny_models import FIXTURES, build_paraformer, paraformer_audio
+
+pytestmark = pytest.mark.anyio
+
+
+@cache
+def golden() -> dict:
+    return json.loads((FIXTURES / "paraformer" / "golden.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paraformer")
+    runtime = Runtime()
+    online = load_paraformer(
+        build_paraformer(root / "online", streaming=True), "para-online", runtime=runtime
+    )
+    offline = load_paraformer(build_paraformer(root / "offline"), "para-offline", runtime=runtime)
+    with running(make_server([online, offline])) as url:
+        yield url
+    runtime.shutdown()
+
+
+def speech() -> np.ndarray:
+    return paraformer_audio(golden()["streaming"]["stream_4s"]["audio"])
+
+
+def streamed_text() -> str:
+    """funasr's streaming output for the clip, call by call, joined (each call's text is final)."""
+    return "".join(c["text"] for c in golden()["streaming"]["stream_4s"]["calls"])
+
+
+async def test_funasr_protocol_online_mode_streams_the_reference_text(served):
+    c = await FunasrClient.connect(served, "/?model=para-online")
+    results = await c.transcribe(pcm16(speech()), mode="online", wav_name="clip", vad=None)
+    assert funasr_text(results, "online") == streamed_text()
+
+
+async def test_funasr_protocol_offline_mode_uses_the_offline_model(served):
+    c = await FunasrClient.connect(served, "/v1/funasr?model=para-offline")
+    results = await c.transcribe(pcm16(speech()), mode="offline", wav_name="clip", vad=None)
+    assert funasr_text(results, "offline") == golden()["offline"]["speech_4s"]["text"]
+
+
+async def test_realtime_and_native_protocols(served):
+    c = await RealtimeClient.connect(served, query="model=para-online")
+    await c.recv()
+    await c.send(
+        "session.update",
+        session={
+            "type": "transcription",
+            "audio": {
+                "input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}
+            },
+        },
+    )
+    await c.append(pcm16(speech()), chunk=19200)
+    await c.send("input_audio_buffer.commit")
+    done = await c.wait_for("conversation.item.input_audio_transcription.completed")
+    assert done["transcript"] == streamed_text()
+    await c.close()
+    n = await NativeClient.connect(served)
+    await n.send("start", model="para-offline", format="pcm16", rate=16000, vad=None)
+    await n.recv()
+    await n.audio(pcm16(speech()), chunk=32000)
+    await n.send("end")
+    final = await n.wait_for("final")
+    assert final["text"] == golden()["offline"]["speech_4s"]["text"]
