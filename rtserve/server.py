@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.two_pass import TwoPassModel
 from rtserve.config import ServerConfig
 from rtserve.metrics import Metrics
 
@@ -51,6 +52,7 @@ class Server:
     models: dict[str, Any]  # served name -> model (each has `name` and `kind`)
     metrics: Metrics = field(default_factory=Metrics)
     admission: Admission = field(init=False)
+    _two_pass: dict[tuple[str, str], Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.config.limits.max_sessions)
@@ -62,7 +64,14 @@ class Server:
         return model
 
     def asr_model(self, name: str | None = None) -> Any:
-        """An ASR model by name; None or an OpenAI transcription name means the first one served."""
+        """An ASR model by name; None or an OpenAI transcription name means the first one served;
+        `ONLINE+OFFLINE` is two-pass recognition over two served models."""
+        if name and "+" in name:
+            online, _, offline = name.partition("+")
+            key = (online, offline)
+            if key not in self._two_pass:
+                self._two_pass[key] = TwoPassModel(self.asr_model(online), self.asr_model(offline))
+            return self._two_pass[key]
         asr = [m for m in self.models.values() if m.kind == "asr"]
         if name is None or (name in OPENAI_ASR_ALIASES and name not in self.models):
             if not asr:

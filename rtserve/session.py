@@ -448,6 +448,8 @@ class TranscriptionSession:
         reason = "the model stream ended before the segment's transcript"
         try:
             async for ev in stream.handle:
+                if ev.segment < done:
+                    continue  # a late update for a segment that has already ended
                 sid = order[ev.segment - done]
                 seg = self._segments.get(sid)
                 if seg is None:

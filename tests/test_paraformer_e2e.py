@@ -80,3 +80,42 @@ async def test_realtime_and_native_protocols(served):
     await n.send("end")
     final = await n.wait_for("final")
     assert final["text"] == golden()["offline"]["speech_4s"]["text"]
+
+
+async def test_two_pass_over_funasrs_2pass_mode(served):
+    c = await FunasrClient.connect(served, "/?model=para-online%2Bpara-offline")
+    results = await c.transcribe(pcm16(speech()), mode="2pass", wav_name="clip", vad=None)
+    live = funasr_text(results, "2pass-online")  # the first pass, until the second one is done
+    assert live and streamed_text().startswith(live)
+    assert funasr_text(results, "2pass-offline") == golden()["offline"]["speech_4s"]["text"]
+
+
+async def test_two_pass_keeps_the_contract_on_realtime_and_stream(served):
+    offline_text = golden()["offline"]["speech_4s"]["text"]
+    c = await RealtimeClient.connect(served)
+    await c.recv()
+    session = {"type": "transcription", "audio": {"input": {
+        "format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None,
+        "transcription": {"model": "para-online+para-offline"}}}}  # fmt: skip
+    await c.send("session.update", session=session)
+    await c.append(pcm16(speech()), chunk=19200)
+    await c.send("input_audio_buffer.commit")
+    done = await c.wait_for("conversation.item.input_audio_transcription.completed")
+    partials = c.of("rtserve.transcription.partial")
+    *live, last = partials
+    assert live and all(p["stable"] == "" for p in live)  # the first pass is never stable
+    assert streamed_text().startswith(live[-1]["unstable"])
+    assert last["stable"] == offline_text and last["unstable"] == ""  # the second pass is
+    assert done["transcript"] == offline_text
+    deltas = c.of("conversation.item.input_audio_transcription.delta")
+    assert "".join(d["delta"] for d in deltas) == offline_text
+    await c.close()
+    n = await NativeClient.connect(served)
+    await n.send("start", model="para-online+para-offline", format="pcm16", rate=16000, vad=None)
+    await n.recv()
+    await n.audio(pcm16(speech()), chunk=32000)
+    await n.send("end")
+    assert (await n.wait_for("final"))["text"] == offline_text
+    bad = await NativeClient.connect(served)
+    await bad.send("start", model="para-online+nope")
+    assert (await bad.wait_for("error"))["code"] == "model_not_found"

@@ -267,6 +267,7 @@ class FunasrConnection(Connection):
         self._broken = False  # its audio could not be decoded: the rest is dropped
         self._head = b""  # first bytes of a container whose format is sniffed
         self._seps: dict[int, str] = {}  # segment -> the separator its text got
+        self._online: dict[int, str] = {}  # segment -> the online text sent so far
         self._tail = ""  # the last character of text sent in this utterance
 
     # ---- wire format ----
@@ -454,11 +455,8 @@ class FunasrConnection(Connection):
     def on_session_event(self, ev: SessionEvent) -> None:
         mode = self._config.mode
         match ev:
-            case TranscriptUpdate() if ev.delta and mode in ONLINE_LABEL:
-                sep = self._separator(ev.segment, ev.delta[0])
-                first = ev.delta == ev.stable  # the segment's first piece
-                self._tail = ev.delta[-1]
-                self.send(self.result(ONLINE_LABEL[mode], sep + ev.delta if first else ev.delta))
+            case TranscriptUpdate() if mode in ONLINE_LABEL:
+                self._online_piece(ev, mode)
             case TranscriptDone():
                 if ev.text and mode in OFFLINE_LABEL:
                     sentence = {
@@ -472,11 +470,27 @@ class FunasrConnection(Connection):
                     self._tail = ev.text[-1]
                     self.send(self.result(OFFLINE_LABEL[mode], text, stamp_sents=[sentence]))
                 self._seps.pop(ev.segment, None)
+                self._online.pop(ev.segment, None)
             case TranscriptFailed():
                 self._seps.pop(ev.segment, None)
+                self._online.pop(ev.segment, None)
                 self.error("transcription_failed", ev.message)
             case Overload():
                 self.error("audio_dropped", ev.message)
+
+    def _online_piece(self, ev: TranscriptUpdate, mode: str) -> None:
+        """FunASR's online text never changes once sent: send what the segment's text gained.
+        That is the newly stable text; for a two-pass model, whose first pass is all unstable,
+        the first pass's text (its second pass arrives as the offline result)."""
+        live = ev.stable + ev.unstable if getattr(self.model, "two_pass", False) else ev.stable
+        sent = self._online.get(ev.segment, "")
+        if not live.startswith(sent) or len(live) == len(sent):
+            return
+        piece = live[len(sent) :]
+        self._online[ev.segment] = live
+        sep = self._separator(ev.segment, piece[0]) if not sent else ""
+        self._tail = piece[-1]
+        self.send(self.result(ONLINE_LABEL[mode], sep + piece))
 
     def _separator(self, segment: int, first: str) -> str:
         """What goes before a segment's text: a space when it follows another segment's text in
