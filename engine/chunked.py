@@ -14,7 +14,10 @@ every stream that has work, batched, and delivers transcript events to the handl
 - *segment* (`SegmentWorker`, offline Paraformer): the open segment is decoded whole every
   `step_seconds` of new audio for a `Partial` (`stable` = "", since a later decode may change
   anything), and at `commit()` for the `Final`; streams that are due in the same step share one
-  batched `Paraformer.recognize`.
+  batched `Paraformer.recognize`. Other offline models (SenseVoice, engine/models/sensevoice.py)
+  reuse it with their own `_decode`: per-stream options (`Stream.options`, given at
+  `FunasrHandle(worker, options)`) go in, and each segment's text comes back with the language
+  the model detected and its tags, which the `Final` carries.
 
 Segments wait in order per stream: audio after a commit opens the next segment at once, while
 the committed one still has chunks to run. Only a stream's oldest segment runs.
@@ -26,9 +29,10 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -60,6 +64,8 @@ class Segment:
     revision: int = 0
     model_state: ModelState | None = None  # chunked: the model's caches
     frontend_state: Any = None  # chunked: the online front end's cache
+    language: str | None = None  # segment: detected by the last decode (None: the worker's)
+    tags: dict[str, str] | None = None  # segment: what the last decode tagged (SenseVoice)
 
     def feed(self, x: np.ndarray) -> None:
         if x.size:
@@ -87,6 +93,7 @@ class Stream:
     """Engine-thread state of one handle."""
 
     handle: FunasrHandle
+    options: Any = None  # the model's per-stream decode options (segment policy), or None
     queue: list[Segment] = field(default_factory=list)  # unfinished segments, oldest first
     next_index: int = 0
     finishing: bool = False
@@ -97,15 +104,23 @@ class Stream:
         return self.queue[-1] if self.queue and not self.queue[-1].committed else None
 
 
+class TextTokens(Protocol):
+    """A token list or SentencePiece model: ids -> text (CharTokens, SentencePieceTokens)."""
+
+    def text(self, ids: Iterable[int]) -> str: ...
+
+
 class _Worker:
     """The inbox, the commands and the events; subclasses say when a segment is due and run
     the due ones (`_run`)."""
 
     interactive = True
 
-    def __init__(self, model: Paraformer, tokens: CharTokens, frontend: fbank.WavFrontend) -> None:
-        self.model = model
-        self.tokens = tokens
+    def __init__(
+        self, model: torch.nn.Module, tokens: TextTokens, frontend: fbank.WavFrontend
+    ) -> None:
+        self.model: Any = model  # Paraformer; SegmentWorker also serves other offline models
+        self.tokens: Any = tokens
         self.frontend = frontend
         self.device = model.encoder.after_norm.weight.device
         self.language: str | None = None  # the code a Final carries
@@ -213,7 +228,7 @@ class _Worker:
         s.queue.remove(seg)  # the state is dropped before anyone hears of the final
         s.base += seg.received
         self._update_consumed(s)
-        self._emit(s, Final(seg.index, seg.text, self.language))
+        self._emit(s, Final(seg.index, seg.text, seg.language or self.language, seg.tags))
         self._maybe_close(s)
 
     @staticmethod
@@ -281,8 +296,18 @@ class ChunkedWorker(_Worker):
                 self._partial(s, seg, seg.text, "")
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """One segment's decode (segment policy): its text, and what the model said about it."""
+
+    text: str
+    language: str | None = None  # detected by the model; None: the worker's `language`
+    tags: dict[str, str] | None = None  # e.g. SenseVoice's {"emotion": "NEUTRAL", ...}
+
+
 class SegmentWorker(_Worker):
-    """Offline Paraformer: the open segment decoded whole every `step_seconds`, and at commit."""
+    """Offline models: the open segment decoded whole every `step_seconds`, and at commit.
+    `_decode` is Paraformer's; SenseVoice overrides it."""
 
     def __init__(
         self,
@@ -305,30 +330,38 @@ class SegmentWorker(_Worker):
         samples = torch.tensor([a.numel() for a in audio], device=self.device)
         padded = torch.nn.utils.rnn.pad_sequence(audio, batch_first=True).to(self.device)
         feats, frames = self.frontend(padded, samples)  # (B, T, 560), on the model's device
-        texts = [""] * len(jobs)
+        decoded = [Decoded("")] * len(jobs)
         run = (frames > 0).nonzero().flatten().tolist()
         if run:
-            result = self.model.recognize(feats[run], frames[run])
-            for i, ids in zip(run, result.ids, strict=True):
-                texts[i] = self.tokens.text(ids)
-        for (s, seg), text in zip(jobs, texts, strict=True):
+            streams = [jobs[i][0] for i in run]
+            for i, d in zip(run, self._decode(feats[run], frames[run], streams), strict=True):
+                decoded[i] = d
+        for (s, seg), d in zip(jobs, decoded, strict=True):
             seg.consumed = seg.received
-            seg.text = text
+            seg.text, seg.language, seg.tags = d.text, d.language, d.tags
             if seg.committed:
                 self._finalize(s, seg)
             else:
-                self._partial(s, seg, "", text)
+                self._partial(s, seg, "", d.text)
+
+    def _decode(
+        self, feats: torch.Tensor, frames: torch.Tensor, streams: list[Stream]
+    ) -> list[Decoded]:
+        """One batched decode of the due segments: feats (B, T, F), frames (B,) all > 0, and
+        the streams they belong to -> one `Decoded` each."""
+        result = self.model.recognize(feats, frames)
+        return [Decoded(self.tokens.text(ids)) for ids in result.ids]
 
 
 class FunasrHandle:
     """The event-loop side of a stream (engine/streaming.py's StreamHandle)."""
 
-    def __init__(self, worker: _Worker) -> None:
+    def __init__(self, worker: _Worker, options: Any = None) -> None:
         self._worker = worker
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[TranscriptEvent | None] = asyncio.Queue()
         self.consumed = 0  # written by the worker
-        self._stream = Stream(self)
+        self._stream = Stream(self, options)
         worker.post(self, "open", self._stream)
 
     def feed(self, samples: np.ndarray) -> None:

@@ -9,9 +9,12 @@ A FunASR folder (a ModelScope / Hugging Face snapshot such as funasr/paraformer-
   `model`, keys possibly prefixed `module.`), read with `weights_only=True`;
 - `am.mvn`: the CMVN (Kaldi nnet text), read by audio/fbank.py;
 - `tokens.json` (or `tokens.txt`): the token list; `seg_dict`: word -> pieces, for encoding
-  text only (hotwords); decoding never needs it.
+  text only (hotwords); decoding never needs it;
+- or, for SentencePiece models (SenseVoiceSmall), the `.bpe.model` that configuration.json names
+  as `tokenizer_conf.bpemodel` (`chn_jpn_yue_eng_ko_spectok.bpe.model`), or `bpe.model`.
 
-Where configuration.json names no file, the conventional names are looked up, as funasr does.
+Where configuration.json names no file, the conventional names are looked up, as funasr does;
+for the SentencePiece model, a folder's only `*.bpe.model` is taken too.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class FunasrFolder:
     tokens: Path | None  # tokens.json / tokens.txt
     cmvn: Path | None  # am.mvn
     seg_dict: Path | None
+    bpe_model: Path | None  # tokenizer_conf.bpemodel: a SentencePiece model
     metas: dict[str, Any]  # configuration.json's file_path_metas ({} without one)
 
 
@@ -100,8 +104,14 @@ def read_folder(path: Path) -> FunasrFolder:
         seg_dict=_first(
             path, tokenizer.get("seg_dict_file"), tokenizer.get("seg_dict"), "seg_dict"
         ),
+        bpe_model=_first(path, tokenizer.get("bpemodel"), "bpe.model") or _only_bpe(path),
         metas=metas,
     )
+
+
+def _only_bpe(path: Path) -> Path | None:
+    found = sorted(p for p in path.glob("*.bpe.model") if p.is_file())
+    return found[0] if len(found) == 1 else None
 
 
 def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

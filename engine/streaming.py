@@ -24,6 +24,9 @@ SAMPLE_RATE = 16_000
 class StreamOptions:
     language: str | None = None  # ISO code or name; None = detect
     prompt: str | None = None  # context text: names, jargon, hotwords
+    use_itn: bool | None = (
+        None  # inverse text normalisation where a model has it; None: its default
+    )
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class Final:
     segment: int
     text: str
     language: str | None = None  # as detected or forced
+    tags: dict[str, str] | None = None  # what else the model labelled the segment with, e.g.
+    # SenseVoice's {"language": "zh", "emotion": "NEUTRAL", "event": "Speech", "textnorm": "woitn"}
 
 
 @dataclass(frozen=True)

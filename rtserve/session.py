@@ -88,6 +88,7 @@ class TranscriptDone:
     start_ms: int
     end_ms: int
     language: str | None
+    tags: dict[str, str] | None = None  # what a model says about the audio (emotion, event)
 
 
 @dataclass(frozen=True)
@@ -501,7 +502,7 @@ class TranscriptionSession:
         if up.delta:
             self.emit(TranscriptUpdate(seg.id, up.delta, up.stable, "", up.revision))
         end = seg.start + seg.fed
-        self.emit(TranscriptDone(seg.id, up.stable, ms(seg.start), ms(end), ev.language))
+        self.emit(TranscriptDone(seg.id, up.stable, ms(seg.start), ms(end), ev.language, ev.tags))
 
     def _note(self, repaired: bool) -> None:
         if repaired:

@@ -1,9 +1,9 @@
 """The tiny checkpoint builders, and their agreement with the committed golden fixtures.
 
 Runs in the project environment (no transformers, no funasr). The golden files come from
-tests/fixtures/make_qwen3_golden.py, make_qwen3_asr_golden.py and make_paraformer_golden.py (run
-in the reference environment, .venv-ref/) and make_qwen3_asr_golden_hf.py (.venv-ref5/,
-transformers 5).
+tests/fixtures/make_qwen3_golden.py, make_qwen3_asr_golden.py, make_paraformer_golden.py and
+make_sensevoice_golden.py (run in the reference environment, .venv-ref/) and
+make_qwen3_asr_golden_hf.py (.venv-ref5/, transformers 5).
 """
 
 from __future__ import annotations
@@ -31,9 +31,16 @@ from tests.tiny_models import (
     QWEN3_ASR_RELEASED_FILES,
     QWEN3_DIMS,
     QWEN3_TOKENIZER_DIR,
+    SENSEVOICE_BPE_FILE,
+    SENSEVOICE_BPE_FIXTURE,
+    SENSEVOICE_ENCODER_DIMS,
+    SENSEVOICE_MARKS,
+    SENSEVOICE_QUERIES,
+    SENSEVOICE_TAGS,
     build_paraformer,
     build_qwen3,
     build_qwen3_asr,
+    build_sensevoice,
     load_paraformer_tensors,
     load_tensors,
     paraformer_cmvn,
@@ -44,6 +51,11 @@ from tests.tiny_models import (
     qwen3_asr_hf_name,
     qwen3_asr_token_ids,
     qwen3_asr_vocab_size,
+    sensevoice_bpe_model,
+    sensevoice_config,
+    sensevoice_marker_channel,
+    sensevoice_pieces,
+    sensevoice_weight_shapes,
     tensors_sha256,
 )
 
@@ -680,3 +692,122 @@ def test_paraformer_golden_shapes_match_config(
                 if step["tokens_fired"]:
                     shape = (step["tokens_fired"], vocab)
                     assert paraformer_tensors[key + "/decoder_logprobs"].shape == shape, key
+
+
+# ------------------------------------------------------------------------------------------------
+# SenseVoiceSmall (FunASR)
+# ------------------------------------------------------------------------------------------------
+
+SENSEVOICE_DIR = QWEN3_ASR_DIR.parent / "sensevoice"
+SENSEVOICE_FILES = sorted(["am.mvn", "config.yaml", "configuration.json", "model.pt",
+                           SENSEVOICE_BPE_FILE])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sensevoice_golden() -> dict:
+    return read_json(SENSEVOICE_DIR / "golden.json")
+
+
+def test_sensevoice_build_is_deterministic(tmp_path: Path) -> None:
+    a = build_sensevoice(tmp_path / "a", seed=3)
+    b = build_sensevoice(tmp_path / "b", seed=3)
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir()) == SENSEVOICE_FILES
+    match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    assert (mismatch, errors) == ([], [])  # the trained .bpe.model too
+    other = build_sensevoice(tmp_path / "c", seed=4)
+    assert paraformer_tensors_sha256(other) != paraformer_tensors_sha256(a)
+    assert (other / SENSEVOICE_BPE_FILE).read_bytes() == (a / SENSEVOICE_BPE_FILE).read_bytes()
+
+
+def test_sensevoice_golden_matches_builder(tmp_path: Path, sensevoice_golden: dict) -> None:
+    """The committed fixtures were made from what the builder writes now (same tensors, same
+    config, the same SentencePiece model, so the same sentencepiece trainer)."""
+    import hashlib
+
+    entry = sensevoice_golden["checkpoint"]
+    folder = build_sensevoice(tmp_path / "m", **entry["build"])
+    assert entry["tensors_sha256"] == paraformer_tensors_sha256(folder)
+    assert entry["config"] == sensevoice_config()
+    assert entry["check"]["num_tensors"] == len(load_paraformer_tensors(folder))
+    tokenizer = sensevoice_golden["tokenizer"]
+    bpe = (folder / SENSEVOICE_BPE_FILE).read_bytes()
+    assert hashlib.sha256(bpe).hexdigest() == tokenizer["bpe_model_sha256"], (
+        "the sentencepiece trainer makes another model: regenerate the fixtures"
+    )
+    assert sensevoice_pieces(bpe) == tokenizer["pieces"]
+
+
+def test_sensevoice_config_files_load_without_funasr(tmp_path: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    import sentencepiece as spm
+
+    folder = build_sensevoice(tmp_path / "m")
+    config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    assert config == sensevoice_config()
+    assert config["model"] == "SenseVoiceSmall" and config["encoder"] == "SenseVoiceEncoderSmall"
+    assert config["tokenizer"] == "SentencepiecesTokenizer"
+    assert config["tokenizer_conf"]["bpemodel"] is None  # configuration.json names the file
+    assert config["frontend_conf"]["cmvn_file"] is None and config["frontend_conf"]["dither"] == 0
+    assert config["dataset_conf"]["sos"] == "${model_conf.sos}"  # OmegaConf interpolation
+    metas = read_json(folder / "configuration.json")["file_path_metas"]
+    assert metas["tokenizer_conf"] == {"bpemodel": SENSEVOICE_BPE_FILE}
+    assert metas["frontend_conf"] == {"cmvn_file": "am.mvn"} and metas["init_param"] == "model.pt"
+    sp = spm.SentencePieceProcessor(model_file=str(folder / SENSEVOICE_BPE_FILE))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    assert pieces[:3] == ["<unk>", "<s>", "</s>"] and len(pieces) == 120  # 0 = the CTC blank
+    assert pieces[3 : 3 + len(SENSEVOICE_TAGS)] == SENSEVOICE_TAGS  # user-defined pieces
+    text = "<|en|><|HAPPY|><|Speech|><|withitn|>hello"
+    tags = [sp.id_to_piece(i) for i in sp.encode(text)][1:5]
+    assert tags == SENSEVOICE_TAGS[1:2] + ["<|HAPPY|>", "<|Speech|>", "<|withitn|>"]
+    assert sp.decode(sp.encode(text)) == text
+
+
+def test_sensevoice_bpe_fixture_is_what_the_trainer_makes(sensevoice_golden: dict) -> None:
+    import sentencepiece as spm
+
+    made_with = sensevoice_golden["versions"]["sentencepiece"]
+    if spm.__version__ != made_with:
+        pytest.skip(f"tiny.bpe.model was trained with sentencepiece {made_with}")
+    assert sensevoice_bpe_model() == SENSEVOICE_BPE_FIXTURE.read_bytes()
+
+
+def test_sensevoice_tensors_and_the_planted_query_path(tmp_path: Path) -> None:
+    folder = build_sensevoice(tmp_path / "m")
+    tensors = load_paraformer_tensors(folder)
+    pieces = sensevoice_pieces()
+    shapes = sensevoice_weight_shapes(len(pieces))
+    assert [(k, v.shape) for k, v in tensors.items()] == list(shapes.items())
+    assert len(tensors) == 72 and all(t.dtype == np.float32 for t in tensors.values())
+    assert tensors["embed.weight"].shape == (16, PARAFORMER_FEAT_DIM)
+    d = SENSEVOICE_ENCODER_DIMS["output_size"]
+    reserved = list(range(d - len(SENSEVOICE_MARKS), d))
+    embed = tensors["embed.weight"]
+    for q in SENSEVOICE_QUERIES.values():
+        assert embed[q, sensevoice_marker_channel(q)] > 30  # the marker
+    for name, t in tensors.items():
+        if name.endswith(("self_attn.linear_out.weight", "feed_forward.w_2.weight")):
+            assert not t[reserved].any(), name  # nothing writes a reserved channel
+        if name.endswith("linear_q_k_v.weight") and "encoders0" not in name:
+            assert not t[2 * d + np.array(reserved)].any(), name
+    head = tensors["ctc.ctc_lo.weight"]
+    readers = {pieces[i] for i in np.nonzero(head[:, reserved].any(1))[0]}
+    assert readers == {tag for tags, _ in SENSEVOICE_MARKS for tag in tags}
+
+
+def test_sensevoice_golden_versions_size_and_shapes(sensevoice_golden: dict) -> None:
+    versions = sensevoice_golden["versions"]
+    assert versions["funasr"] == "1.4.16" and versions["fbank_backend"] == "torchaudio"
+    size = sum(p.stat().st_size for p in SENSEVOICE_DIR.glob("golden.*"))
+    assert size < 200_000
+    tensors = load_file(str(SENSEVOICE_DIR / "golden.safetensors"))
+    d, vocab = SENSEVOICE_ENCODER_DIMS["output_size"], sensevoice_golden["tokenizer"]["vocab_size"]
+    assert sensevoice_golden["checkpoint"]["check"]["layer_norm_eps"] == [1e-5]
+    for setting, cases in sensevoice_golden["model"].items():
+        for clip, case in cases.items():
+            n = case["frames"]
+            assert n == case["lfr_frames"] + 4 == len(case["argmax"]) == len(case["top2_margins"])
+            assert min(case["top2_margins"]) > 1e-3, (setting, clip)
+            for name in case["tensors"]:
+                width = d if name.endswith("encoder_out") else vocab
+                assert tensors[name].shape == (n, width), name

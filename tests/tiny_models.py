@@ -1145,3 +1145,295 @@ def paraformer_audio(name: str) -> np.ndarray:
         )
         return _place(4.0, [(0.0, noise), (0.25, _speech("hello")), (2.6, _speech("weather"))])
     raise KeyError(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# SenseVoiceSmall (FunASR)
+#
+# `build_sensevoice` writes a tiny model folder in the layout of the released FunAudioLLM/
+# SenseVoiceSmall: config.yaml (model SenseVoiceSmall, encoder SenseVoiceEncoderSmall, tokenizer
+# SentencepiecesTokenizer with `bpemodel: null`, frontend WavFrontend with `cmvn_file: null`),
+# configuration.json (whose file_path_metas name the model, the config, the `.bpe.model` and
+# am.mvn), model.pt (FunASR's key names: `encoder.*`, `ctc.ctc_lo.*`, `embed.weight`), am.mvn
+# (the Paraformer builder's) and `chn_jpn_yue_eng_ko_spectok.bpe.model`: a copy of the committed
+# tests/fixtures/sensevoice/tiny.bpe.model, a SentencePiece BPE model of 120 pieces that
+# `sensevoice_bpe_model` trains on SENSEVOICE_CORPUS (deterministic: one thread, no sampling;
+# identity normalisation keeps it at 2 KB), with the rich tags as user-defined pieces, as the
+# released model has them. The file is committed so that every environment (whatever its
+# sentencepiece version) builds the same vocabulary; tests/test_tiny_models.py checks that the
+# trainer still makes it. tests/fixtures/make_sensevoice_golden.py checks the folder against
+# funasr's classes and records its outputs on `paraformer_audio` clips.
+#
+# Random weights, with the query path planted: a trained SenseVoice answers its four query frames
+# with tags (`<|zh|><|NEUTRAL|><|Speech|><|woitn|>`) and then transcribes. Random weights alone
+# would decode the query frames to arbitrary pieces, so ten model channels (the last ten of d)
+# are set aside to carry the queries to the CTC head, and nothing else writes them:
+# - each query embedding row has a large marker in its own input channel (SENSEVOICE_MARKER);
+#   after `encoders0.norm1` that channel is about 20 on the query frame and O(1) on speech;
+# - in `encoders0`, the value rows of the reserved channels read only the markers of their
+#   queries (SENSEVOICE_MARKS), and the FSMN taps, attention output and FFN output of those
+#   channels are zero, so each reserved channel leaves `encoders0` as its queries' markers;
+# - every later layer (`encoders`, `tp_encoders`) has zero value, attention-output and FFN-output
+#   rows for them, so the residual stream carries them unchanged to `tp_norm`;
+# - the CTC rows of the tags read their channel with gain SENSEVOICE_TAG_GAIN (and their random
+#   row, so that NEUTRAL vs HAPPY and Speech vs BGM, which share a channel, depend on the audio);
+#   no other row reads a reserved channel; tags get bias SENSEVOICE_TAG_BIAS (the rest of the
+#   tags, never planted, a bias that keeps them silent), and blank SENSEVOICE_BLANK_BIAS, so that
+#   about half the speech frames are blank.
+# So the query frames decode to a language tag that follows the language query (auto leans to
+# zh), an emotion, an event and the itn tag that follows use_itn; the queries' keys and values
+# differ, so the transcript changes a little with them too, as in the trained model.
+# ------------------------------------------------------------------------------------------------
+
+SENSEVOICE_ENCODER_DIMS = {
+    "output_size": 32,
+    "attention_heads": 2,
+    "linear_units": 64,
+    "num_blocks": 3,
+    "tp_blocks": 2,
+    "kernel_size": 11,
+}
+SENSEVOICE_BPE_FILE = "chn_jpn_yue_eng_ko_spectok.bpe.model"
+SENSEVOICE_BPE_FIXTURE = FIXTURES / "sensevoice" / "tiny.bpe.model"
+SENSEVOICE_VOCAB_SIZE = 120
+SENSEVOICE_EMBED_ROWS = 16  # 7 + len(lid_dict) + len(textnorm_dict), as SenseVoiceSmall has
+# The rich tags (user-defined pieces), in the order of funasr's postprocess_utils tables.
+SENSEVOICE_TAGS = [
+    "<|zh|>", "<|en|>", "<|yue|>", "<|ja|>", "<|ko|>", "<|nospeech|>",
+    "<|HAPPY|>", "<|SAD|>", "<|ANGRY|>", "<|NEUTRAL|>", "<|FEARFUL|>", "<|DISGUSTED|>",
+    "<|SURPRISED|>", "<|EMO_UNKNOWN|>",
+    "<|Speech|>", "<|BGM|>", "<|Applause|>", "<|Laughter|>", "<|Cry|>", "<|Sneeze|>",
+    "<|Breath|>", "<|Cough|>", "<|Event_UNK|>",
+    "<|withitn|>", "<|woitn|>",
+]  # fmt: skip
+SENSEVOICE_CORPUS = [
+    "hello world", "the weather is good today", "it's a good day",
+    "what is the weather like today", "we talk about the weather every day",
+    "hello there, how are you?", "good morning world", "one two three four",
+    "i think it's going to rain", "is it good? yes, it is good.", "call me at 10:30 on the 2nd",
+    "it is 2024 now", "今天天气很不错", "你好", "我们说话", "你好，今天天气很好。", "是的",
+    "一二三四", "我们的天气很好", "不错不错", "hello 你好 world", "the 3 of us talk",
+    "四个人说话", "ok, 好的!",
+]  # fmt: skip
+# Query embedding rows (SenseVoiceSmall.lid_dict / textnorm_dict; 1 and 2: the fixed queries).
+SENSEVOICE_QUERIES = {
+    "auto": 0, "event": 1, "emotion": 2, "zh": 3, "en": 4, "yue": 7, "ja": 11, "ko": 12,
+    "nospeech": 13, "withitn": 14, "woitn": 15,
+}  # fmt: skip
+# The reserved channels, one per entry (channel d - 10 + i): the tags whose CTC rows read it and
+# the markers it is made of ({query row: weight}). Output frame 1 is the emotion, frame 2 the
+# event (the trained model's order).
+SENSEVOICE_MARKS: list[tuple[list[str], dict[int, float]]] = [
+    (["<|zh|>"], {0: 1.0, 3: 1.0}),  # auto leans to zh
+    (["<|en|>"], {0: 0.6, 4: 1.0}),
+    (["<|yue|>"], {7: 1.0}),
+    (["<|ja|>"], {11: 1.0}),
+    (["<|ko|>"], {12: 1.0}),
+    (["<|nospeech|>"], {13: 1.0}),
+    (["<|NEUTRAL|>", "<|HAPPY|>"], {1: 1.0}),
+    (["<|Speech|>", "<|BGM|>"], {2: 1.0}),
+    (["<|withitn|>"], {14: 1.0}),
+    (["<|woitn|>"], {15: 1.0}),
+]
+SENSEVOICE_MARKER = 40.0  # added to a query row's marker channel (before the sqrt(d) scale)
+SENSEVOICE_MARK_WEIGHT = 0.25  # value-row weight of a marker (times SENSEVOICE_MARKS' weight)
+SENSEVOICE_NORM_GAIN = 4.0  # after_norm / tp_norm weight of the reserved channels
+SENSEVOICE_TAG_GAIN = 3.0
+SENSEVOICE_TAG_BIAS = -8.0
+SENSEVOICE_SILENT_TAG_BIAS = -10.0
+SENSEVOICE_BLANK_BIAS = 7.0
+SENSEVOICE_GAIN = 1.0  # matrices: gain / sqrt(fan_in)
+SENSEVOICE_OUTPUT_GAIN = 3.0  # ctc_lo
+
+
+def sensevoice_marker_channel(query: int) -> int:
+    """The input channel (of 560) of a query row's marker."""
+    return 11 + 34 * query
+
+
+def sensevoice_bpe_model() -> bytes:
+    """Trains the tiny SentencePiece BPE model on SENSEVOICE_CORPUS -> its serialized bytes
+    (what SENSEVOICE_BPE_FIXTURE holds; make_sensevoice_golden.py writes it)."""
+    import io
+
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENSEVOICE_CORPUS),
+        model_writer=out,
+        model_type="bpe",
+        vocab_size=SENSEVOICE_VOCAB_SIZE,
+        character_coverage=1.0,
+        user_defined_symbols=SENSEVOICE_TAGS,
+        split_digits=True,
+        normalization_rule_name="identity",
+        num_threads=1,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+    )
+    return out.getvalue()
+
+
+def sensevoice_pieces(model: bytes | None = None) -> list[str]:
+    """The pieces of the tiny BPE model, by id (0 <unk> = the CTC blank, 1 <s>, 2 </s>)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=model or SENSEVOICE_BPE_FIXTURE.read_bytes())
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+
+
+def sensevoice_config() -> dict[str, object]:
+    """config.yaml of the tiny model, in the released file's layout (dimensions shrunk)."""
+    enc = SENSEVOICE_ENCODER_DIMS
+    return {
+        "encoder": "SenseVoiceEncoderSmall",
+        "encoder_conf": {
+            **enc,
+            "dropout_rate": 0.1,
+            "positional_dropout_rate": 0.1,
+            "attention_dropout_rate": 0.1,
+            "input_layer": "pe",
+            "pos_enc_class": "SinusoidalPositionEncoder",
+            "normalize_before": True,
+            "sanm_shfit": 0,
+            "selfattention_layer_type": "sanm",
+        },
+        "model": "SenseVoiceSmall",
+        "model_conf": {"length_normalized_loss": True, "sos": 1, "eos": 2, "ignore_id": -1},
+        "tokenizer": "SentencepiecesTokenizer",
+        "tokenizer_conf": {"bpemodel": None, "unk_symbol": "<unk>", "split_with_space": True},
+        "frontend": "WavFrontend",
+        "frontend_conf": {
+            "fs": 16000,
+            "window": "hamming",
+            "n_mels": PARAFORMER_N_MELS,
+            "frame_length": 25,
+            "frame_shift": 10,
+            "lfr_m": PARAFORMER_LFR_M,
+            "lfr_n": PARAFORMER_LFR_N,
+            "cmvn_file": None,
+            "dither": 0.0,  # not in the released file (funasr's default is 1.0): parity needs 0
+        },
+        "dataset": "SenseVoiceCTCDataset",
+        "dataset_conf": {
+            "index_ds": "IndexDSJsonl",
+            "batch_sampler": "EspnetStyleBatchSampler",
+            "batch_type": "token",
+            "batch_size": 14000,
+            "sos": "${model_conf.sos}",
+            "eos": "${model_conf.eos}",
+        },
+    }
+
+
+def sensevoice_configuration_json() -> dict[str, object]:
+    """configuration.json as FunAudioLLM/SenseVoiceSmall ships it (its file_path_metas)."""
+    return {
+        "framework": "pytorch",
+        "task": "auto-speech-recognition",
+        "model": {"type": "funasr"},
+        "pipeline": {"type": "funasr-pipeline"},
+        "model_name_in_hub": {"ms": "", "hf": ""},
+        "file_path_metas": {
+            "init_param": "model.pt",
+            "config": "config.yaml",
+            "tokenizer_conf": {"bpemodel": SENSEVOICE_BPE_FILE},
+            "frontend_conf": {"cmvn_file": "am.mvn"},
+        },
+    }
+
+
+def sensevoice_weight_shapes(vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """FunASR's key names and shapes, in its state-dict order (the draw order): the encoder
+    (encoders0, encoders, tp_encoders, after_norm, tp_norm), ctc.ctc_lo, embed."""
+    enc = SENSEVOICE_ENCODER_DIMS
+    d, k, ffn = enc["output_size"], enc["kernel_size"], enc["linear_units"]
+    shapes = _sanm_encoder_layer_shapes("encoder.encoders0.0.", PARAFORMER_FEAT_DIM, d, ffn, k)
+    for i in range(enc["num_blocks"] - 1):
+        shapes |= _sanm_encoder_layer_shapes(f"encoder.encoders.{i}.", d, d, ffn, k)
+    for i in range(enc["tp_blocks"]):
+        shapes |= _sanm_encoder_layer_shapes(f"encoder.tp_encoders.{i}.", d, d, ffn, k)
+    for norm in ("after_norm", "tp_norm"):
+        shapes |= {f"encoder.{norm}.weight": (d,), f"encoder.{norm}.bias": (d,)}
+    return shapes | {
+        "ctc.ctc_lo.weight": (vocab_size, d),
+        "ctc.ctc_lo.bias": (vocab_size,),
+        "embed.weight": (SENSEVOICE_EMBED_ROWS, PARAFORMER_FEAT_DIM),
+    }
+
+
+def _sensevoice_value(name: str, shape: tuple[int, ...], noise: np.ndarray) -> np.ndarray:
+    fan_in = float(np.prod(shape[1:])) if len(shape) > 1 else 1.0
+    if name == "embed.weight":  # query rows: of the size of CMVN'd features
+        return noise
+    if name.endswith(".bias"):
+        return BIAS_STD * noise
+    if len(shape) == 1:  # LayerNorm weights
+        return 1.0 + NORM_NOISE_STD * noise
+    gain = SENSEVOICE_OUTPUT_GAIN if name == "ctc.ctc_lo.weight" else SENSEVOICE_GAIN
+    return gain / np.sqrt(fan_in) * noise
+
+
+def _plant_sensevoice_queries(w: dict[str, np.ndarray], pieces: list[str]) -> None:
+    """The query path (see the section's comment), in place."""
+    enc = SENSEVOICE_ENCODER_DIMS
+    d = enc["output_size"]
+    first = d - len(SENSEVOICE_MARKS)
+    reserved = np.arange(first, d)
+    for query in set(SENSEVOICE_QUERIES.values()):
+        w["embed.weight"][query, sensevoice_marker_channel(query)] += SENSEVOICE_MARKER
+    layers = ["encoder.encoders0.0."]
+    layers += [f"encoder.encoders.{i}." for i in range(enc["num_blocks"] - 1)]
+    layers += [f"encoder.tp_encoders.{i}." for i in range(enc["tp_blocks"])]
+    for p in layers:
+        w[p + "self_attn.linear_q_k_v.weight"][2 * d + reserved] = 0.0  # value rows
+        w[p + "self_attn.linear_q_k_v.bias"][2 * d + reserved] = 0.0
+        w[p + "self_attn.fsmn_block.weight"][reserved] = 0.0
+        for out in ("self_attn.linear_out", "feed_forward.w_2"):
+            w[p + out + ".weight"][reserved] = 0.0
+            w[p + out + ".bias"][reserved] = 0.0
+    qkv = w["encoder.encoders0.0.self_attn.linear_q_k_v.weight"]
+    for norm in ("after_norm", "tp_norm"):
+        w[f"encoder.{norm}.weight"][reserved] = SENSEVOICE_NORM_GAIN
+    head, bias = w["ctc.ctc_lo.weight"], w["ctc.ctc_lo.bias"]
+    head[:, reserved] = 0.0
+    for tag in SENSEVOICE_TAGS:
+        bias[pieces.index(tag)] = SENSEVOICE_SILENT_TAG_BIAS
+    for channel, (tags, markers) in enumerate(SENSEVOICE_MARKS, start=first):
+        for query, weight in markers.items():
+            qkv[2 * d + channel, sensevoice_marker_channel(query)] = SENSEVOICE_MARK_WEIGHT * weight
+        for tag in tags:
+            head[pieces.index(tag), channel] = SENSEVOICE_TAG_GAIN
+            bias[pieces.index(tag)] = SENSEVOICE_TAG_BIAS
+    bias[0] = SENSEVOICE_BLANK_BIAS
+
+
+def sensevoice_random_weights(
+    shapes: dict[str, tuple[int, ...]], seed: int, pieces: list[str]
+) -> dict[str, np.ndarray]:
+    """Float32 weights from RandomState(seed), drawn in the order of `shapes`, then the query
+    path planted."""
+    rng = np.random.RandomState(seed)
+    out = {}
+    for name, shape in shapes.items():
+        out[name] = _sensevoice_value(name, shape, rng.standard_normal(shape)).astype(np.float64)
+    _plant_sensevoice_queries(out, pieces)
+    return {name: w.astype(np.float32) for name, w in out.items()}
+
+
+def build_sensevoice(path: Path, *, seed: int = 0) -> Path:
+    """Writes a complete tiny FunASR SenseVoiceSmall folder at `path` and returns `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    bpe = SENSEVOICE_BPE_FIXTURE.read_bytes()
+    (path / SENSEVOICE_BPE_FILE).write_bytes(bpe)
+    pieces = sensevoice_pieces(bpe)
+    config = sensevoice_config()
+    (path / "config.yaml").write_text(paraformer_config_yaml(config), encoding="utf-8")
+    _write_json(path / "configuration.json", sensevoice_configuration_json())
+    (path / "am.mvn").write_text(paraformer_am_mvn_text(), encoding="utf-8")
+    shapes = sensevoice_weight_shapes(len(pieces))
+    weights = sensevoice_random_weights(shapes, seed, pieces)
+    save_paraformer_state_dict(path / "model.pt", weights)
+    return path

@@ -49,6 +49,12 @@ def _load_paraformer(path: Path, name: str, rollback: Any = None, **options: Any
     return load_paraformer(path, name, **options)
 
 
+def _load_sensevoice(path: Path, name: str, rollback: Any = None, **options: Any) -> Any:
+    from engine.sensevoice_asr import load_sensevoice
+
+    return load_sensevoice(path, name, **options)
+
+
 FAMILIES: list[Family] = [
     Family("qwen3", lambda p: model_type(p) == "qwen3", _load_qwen3),
     Family("qwen3_asr", lambda p: model_type(p) == "qwen3_asr", _load_qwen3_asr),
@@ -57,4 +63,5 @@ FAMILIES: list[Family] = [
         lambda p: config_yaml_model(p) in ("Paraformer", "ParaformerStreaming"),
         _load_paraformer,
     ),
+    Family("sensevoice", lambda p: config_yaml_model(p) == "SenseVoiceSmall", _load_sensevoice),
 ]

@@ -426,7 +426,7 @@ class FunasrConnection(Connection):
             model=self.model,
             input=InputFormat(codec, self.config.audio_fs if codec == "pcm16" else None),
             vad=self.config.vad,
-            options=StreamOptions(self.config.language),
+            options=StreamOptions(self.config.language, use_itn=self.config.itn),
         )
         limits, metrics = self.server.config.limits, self.server.metrics
         self.session = TranscriptionSession(settings, limits, metrics, self.on_session_event)

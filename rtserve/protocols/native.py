@@ -38,7 +38,7 @@ from rtserve.session import (
     vad_config,
 )
 
-START_KEYS = {"type", "model", "format", "rate", "language", "prompt", "vad"}
+START_KEYS = {"type", "model", "format", "rate", "language", "prompt", "vad", "use_itn"}
 
 
 class NativeConnection(Connection):
@@ -121,7 +121,7 @@ class NativeConnection(Connection):
             model=model,
             input=InputFormat(codec, rate if codec in RAW_CODECS else None),
             vad=parse_vad(msg.get("vad", {})),
-            options=StreamOptions(msg.get("language"), msg.get("prompt")),
+            options=StreamOptions(msg.get("language"), msg.get("prompt"), msg.get("use_itn")),
         )
         try:
             self.session = TranscriptionSession(
@@ -183,6 +183,7 @@ class NativeConnection(Connection):
                         "start_ms": ev.start_ms,
                         "end_ms": ev.end_ms,
                         "language": ev.language,
+                        "tags": ev.tags,
                     }
                 )
             case TranscriptFailed():

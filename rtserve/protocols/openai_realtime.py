@@ -441,6 +441,7 @@ class RealtimeConnection(Connection):
                             "start_ms": ev.start_ms,
                             "end_ms": ev.end_ms,
                             "language": ev.language,
+                            "tags": ev.tags,
                         },
                     }
                 )
