@@ -10,9 +10,10 @@ import pytest
 
 from engine.chunked import load_paraformer
 from engine.runtime import Runtime
+from engine.sensevoice_asr import load_sensevoice
 from tests.clients import FunasrClient, NativeClient, RealtimeClient, funasr_text, pcm16
 from tests.server import make_server, running
-from tests.tiny_models import FIXTURES, build_paraformer, paraformer_audio
+from tests.tiny_models import FIXTURES, build_paraformer, build_sensevoice, paraformer_audio
 
 pytestmark = pytest.mark.anyio
 
@@ -30,9 +31,17 @@ def served(tmp_path_factory):
         build_paraformer(root / "online", streaming=True), "para-online", runtime=runtime
     )
     offline = load_paraformer(build_paraformer(root / "offline"), "para-offline", runtime=runtime)
-    with running(make_server([online, offline])) as url:
+    sensevoice = load_sensevoice(sensevoice_dir(root), "sensevoice", runtime=runtime)
+    with running(make_server([online, offline, sensevoice])) as url:
         yield url
     runtime.shutdown()
+
+
+def sensevoice_dir(root):
+    folder = root / "sensevoice"
+    if not folder.exists():
+        build_sensevoice(folder)
+    return folder
 
 
 def speech() -> np.ndarray:
@@ -119,3 +128,18 @@ async def test_two_pass_keeps_the_contract_on_realtime_and_stream(served):
     bad = await NativeClient.connect(served)
     await bad.send("start", model="para-online+nope")
     assert (await bad.wait_for("error"))["code"] == "model_not_found"
+
+
+async def test_two_pass_with_sensevoice_as_the_second_pass(served):
+    c = await FunasrClient.connect(served, "/?model=para-online%2Bsensevoice")
+    results = await c.transcribe(pcm16(speech()), mode="2pass", wav_name="clip", vad=None)
+    offline = [r for r in results if r["mode"] == "2pass-offline" and r["text"]]
+    assert len(offline) == 1
+    n = await NativeClient.connect(served)
+    await n.send("start", model="sensevoice", format="pcm16", rate=16000, vad=None, use_itn=True)
+    await n.recv()
+    await n.audio(pcm16(speech()), chunk=32000)
+    await n.send("end")
+    final = await n.wait_for("final")
+    assert final["text"] == offline[0]["text"]  # FunASR clients ask for itn by default
+    assert set(final["tags"]) >= {"emotion", "event"}  # SenseVoice's rich tags reach the client
