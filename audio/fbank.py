@@ -99,8 +99,16 @@ def mel_banks(n_mels: int = N_MELS, device: torch.device | str = "cpu") -> Tenso
 
 
 @functools.lru_cache(maxsize=8)
-def _hamming(device: torch.device) -> Tensor:
-    return torch.hamming_window(FRAME_LENGTH, periodic=False, alpha=0.54, beta=0.46, device=device)
+def _window(kind: str, device: torch.device) -> Tensor:
+    """Kaldi's analysis windows: "hamming" (FunASR's configs) or "povey" (Kaldi's default, a
+    Hann window to the power 0.85: kaldi-native-fbank's, FireRedASR's)."""
+    if kind == "hamming":
+        return torch.hamming_window(
+            FRAME_LENGTH, periodic=False, alpha=0.54, beta=0.46, device=device
+        )
+    if kind == "povey":
+        return torch.hann_window(FRAME_LENGTH, periodic=False, device=device).pow(0.85)
+    raise ValueError(f"window must be 'hamming' or 'povey', not {kind!r}")
 
 
 def _as_batch(x: Tensor) -> Tensor:
@@ -125,9 +133,12 @@ def _frames_valid(frames: Tensor, t: int) -> Tensor:
     return torch.arange(t, device=frames.device)[None] < frames[:, None]  # (B, t)
 
 
-def fbank(x: Tensor, lengths: Tensor | None = None, n_mels: int = N_MELS) -> tuple[Tensor, Tensor]:
+def fbank(
+    x: Tensor, lengths: Tensor | None = None, n_mels: int = N_MELS, window: str = "hamming"
+) -> tuple[Tensor, Tensor]:
     """Kaldi log-mel fbank of FunASR's WavFrontend. x: (B, N) or (N,) samples in [-1, 1] at
-    16 kHz (scaled by 32768 here); lengths: (B,) valid samples per row (default N).
+    16 kHz (scaled by 32768 here); lengths: (B,) valid samples per row (default N); window:
+    "hamming" (FunASR) or "povey" (Kaldi's default, FireRedASR's).
     Returns float32 (B, T, n_mels), T = num_frames(N), and frames (B,) = num_frames(lengths);
     rows at or past an item's frame count are zeros."""
     x = _as_batch(x)
@@ -140,7 +151,7 @@ def fbank(x: Tensor, lengths: Tensor | None = None, n_mels: int = N_MELS) -> tup
     w = (x * WAVE_SCALE).unfold(1, FRAME_LENGTH, FRAME_SHIFT)  # (B, T, 400), a strided view
     w = w - w.mean(dim=2, keepdim=True)  # remove the DC offset
     w = w - PREEMPHASIS * torch.cat([w[..., :1], w[..., :-1]], dim=2)
-    w = torch.nn.functional.pad(w * _hamming(x.device), (0, N_FFT - FRAME_LENGTH))
+    w = torch.nn.functional.pad(w * _window(window, x.device), (0, N_FFT - FRAME_LENGTH))
     power = torch.fft.rfft(w).abs().pow(2.0)  # (B, T, 257)
     mel = torch.mm(power.reshape(b * t, -1), mel_banks(n_mels, x.device)).reshape(b, t, n_mels)
     eps = torch.tensor(torch.finfo(torch.float32).eps, device=x.device)

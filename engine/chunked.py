@@ -122,7 +122,7 @@ class _Worker:
         self.model: Any = model  # Paraformer; SegmentWorker also serves other offline models
         self.tokens: Any = tokens
         self.frontend = frontend
-        self.device = model.encoder.after_norm.weight.device
+        self.device = next(model.parameters()).device
         self.language: str | None = None  # the code a Final carries
         self.streams: list[Stream] = []
         self._inbox: list[tuple[FunasrHandle, str, object]] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -373,9 +374,11 @@ class TranscriptionSession:
             self._dropped += x.size
             self.metrics.audio_dropped_seconds.inc(x.size / TARGET_RATE)
             return
-        limit = samples(self.limits.max_segment_seconds * 1000)
         while x.size:
             seg = self._open or self._open_segment(at)
+            # the server's limit, or the model's own when shorter (FireRedASR2: 60 s)
+            seconds = getattr(seg.stream.model, "max_segment_seconds", None)
+            limit = samples(min(self.limits.max_segment_seconds, seconds or math.inf) * 1000)
             head, x = x[: limit - seg.fed], x[limit - seg.fed :]
             seg.stream.handle.feed(head)
             seg.stream.note_feed(head.size)

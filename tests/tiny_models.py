@@ -17,6 +17,7 @@ Depends only on numpy, safetensors, tokenizers and the standard library (and sou
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -1437,3 +1438,680 @@ def build_sensevoice(path: Path, *, seed: int = 0) -> Path:
     weights = sensevoice_random_weights(shapes, seed, pieces)
     save_paraformer_state_dict(path / "model.pt", weights)
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# FireRedASR2 (AED and LLM)
+#
+# `build_fireredasr2` writes a tiny model folder in the layout of the released
+# FireRedTeam/FireRedASR2-AED and FireRedASR2-LLM folders, as fasr-asr-firered's bundled
+# `fireredasr2` package (FireRedAsr2.from_pretrained) reads them, without that package:
+# - both: `cmvn.ark` (Kaldi global CMVN stats, a binary double matrix 2 x 81: sums and sums of
+#   squares of 80 log-mel dims, the frame count in [0, 80]; written here in Kaldi's binary
+#   format), `dict.txt` (`token id` per line: <blank> <unk> <pad> <sos> <eos>, then Chinese
+#   characters, then the English SentencePiece pieces, upper case, as the tokenizer upper-cases
+#   English before SentencePiece), `train_bpe1000.model` (a copy of the committed
+#   tests/fixtures/fireredasr2/train_bpe1000.model, trained by `fireredasr2_bpe_model`) and an
+#   empty `config.yaml` (0 bytes, as released);
+# - AED: `model.pth.tar`, a torch.save of {"args": argparse.Namespace, "model_state_dict": ...}
+#   with FireRedAsrAed's state-dict keys in its order, the positional-encoding buffers and the
+#   tied `decoder.tgt_word_prj.weight` (the same tensor as `decoder.tgt_word_emb.weight`)
+#   included, as `model.state_dict()` has them;
+# - LLM: `asr_encoder.pth.tar` ({"args": the AED Namespace} only, as the released 1.47 kB file),
+#   `model.pth.tar` ({"args": the LLM training Namespace, "model_state_dict": the encoder
+#   (`encoder.*`, AED key names), the LoRA pairs of the LLM (`llm.base_model.model.model.layers.
+#   N.{self_attn.{q,k,v,o}_proj,mlp.{gate,up,down}_proj}.lora_{A,B}.default.weight`, which the
+#   package merges into the base weights with the fixed scale 16 / 64) and the adapter
+#   (`encoder_projector.linear{1,2}`)}), and `Qwen2-7B-Instruct/`: a tiny Qwen2 (config.json,
+#   generation_config.json and tokenizer_config.json in the layout of Qwen/Qwen2-7B-Instruct's,
+#   two safetensors shards with an index, and the byte-level BPE of tests/fixtures/qwen3 with
+#   Qwen2's three special tokens; `<speech>` is not in it: the package adds it when it loads the
+#   tokenizer, as the next id).
+# tests/fixtures/make_fireredasr2_golden.py checks both against the package's classes and records
+# its outputs on `fireredasr2_audio` clips.
+#
+# Random weights: matrices and convolutions FIRERED_GAIN / sqrt(fan_in), biases BIAS_STD,
+# LayerNorm weights 1 +- NORM_NOISE_STD. Two things are planted so that decoding looks like
+# decoding: the CTC blank gets a bias (FIRERED_BLANK_BIAS), so that some frames are blank and
+# some are not, and the attention decoder can end its hypotheses: one model channel
+# (FIRERED_EOS_CHANNEL, a sinusoid of the decoder's positional encoding that rises over the first
+# ~50 positions) is written by nothing but that encoding (its column of the embedding and its
+# rows of every layer's output projections are zero), and only the <eos> row of the tied
+# embedding reads it (FIRERED_EOS_GAIN), so <eos> becomes likely after a dozen or two tokens.
+# ------------------------------------------------------------------------------------------------
+
+FIREREDASR2_DIR = FIXTURES / "fireredasr2"
+FIREREDASR2_BPE_FILE = "train_bpe1000.model"
+FIREREDASR2_BPE_FIXTURE = FIREREDASR2_DIR / FIREREDASR2_BPE_FILE
+FIREREDASR2_LLM_DIR = "Qwen2-7B-Instruct"
+FIREREDASR2_SPECIALS = ["<blank>", "<unk>", "<pad>", "<sos>", "<eos>"]  # ids 0..4
+FIREREDASR2_CHARS = "你好今天气很不错我们说话的是一二三四请转写音频为文字"
+FIREREDASR2_BPE_VOCAB_SIZE = 64
+FIREREDASR2_BPE_CORPUS = [
+    "HELLO WORLD", "THE WEATHER IS GOOD TODAY", "IT'S A GOOD DAY", "HELLO THERE HOW ARE YOU",
+    "WHAT IS THE WEATHER LIKE TODAY", "WE TALK ABOUT THE WEATHER EVERY DAY",
+    "GOOD MORNING WORLD", "I THINK IT IS GOING TO RAIN", "IS IT GOOD YES IT IS GOOD",
+    "HELLO AGAIN WORLD", "THE DOG AND THE CAT", "OK THANK YOU",
+]  # fmt: skip
+FIREREDASR2_AED_DIMS = {
+    "idim": 80,
+    "d_model": 32,
+    "n_head": 4,
+    "n_layers_enc": 2,
+    "n_layers_dec": 2,
+    "kernel_size": 33,
+    "pe_maxlen": 5000,
+}
+FIREREDASR2_ENCODER_PE_LEN = 5000  # RelPositionalEncoding's max_len (not pe_maxlen): 2 * 5000 - 1
+FIREREDASR2_SUBSAMPLE_CHANNELS = 32  # Conv2dSubsampling's out_channels
+FIREREDASR2_LLM_DIMS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+FIREREDASR2_LORA_RANK = 8  # the released LoRA has r 64; the package's merge scale is 16/64 anyway
+FIREREDASR2_LORA_MODULES = [
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+]  # fmt: skip
+FIREREDASR2_LLM_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+FIREREDASR2_SPEECH_TOKEN = "<speech>"
+FIREREDASR2_CMVN_FRAMES = 1_234_567.0
+
+FIRERED_GAIN = 1.0
+FIRERED_DECODER_OUT_GAIN = 1.0  # decoder attention / MLP output projections
+FIRERED_CROSS_QK_GAIN = 3.0  # decoder cross-attention queries and keys (sharper attention)
+FIRERED_READ_CHANNELS = 14  # decoder channels 0..13 are read by the output projection
+FIRERED_READ_NORM = 0.3  # norm of each embedding row's read part (the rest: input only)
+FIRERED_OUT_NORM_GAIN = 15.0  # decoder.layer_norm_out.weight of the read channels (+-)
+FIRERED_CTC_GAIN = 3.0
+FIRERED_BLANK_BIAS = 8.5
+FIRERED_EMBED_STD = 0.5
+FIRERED_POS_BIAS_STD = 0.3
+FIRERED_EOS_CHANNELS = (12, 13)  # sin and cos(t * 10000^(-12/32)) of the decoder PE
+FIRERED_EOS_GAIN = 3.0
+FIRERED_LORA_STD = 0.4
+FIRERED_TIED = ("decoder.tgt_word_emb.weight", "decoder.tgt_word_prj.weight")
+
+
+def fireredasr2_bpe_model() -> bytes:
+    """Trains the tiny SentencePiece BPE model on FIREREDASR2_BPE_CORPUS -> its serialized bytes
+    (what FIREREDASR2_BPE_FIXTURE holds; make_fireredasr2_golden.py writes it)."""
+    import io
+
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(FIREREDASR2_BPE_CORPUS),
+        model_writer=out,
+        model_type="bpe",
+        vocab_size=FIREREDASR2_BPE_VOCAB_SIZE,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        num_threads=1,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+    )
+    return out.getvalue()
+
+
+def fireredasr2_tokens(model: bytes | None = None) -> list[str]:
+    """dict.txt's tokens by id: the five specials, the Chinese characters, then every
+    SentencePiece piece but <unk>, <s> and </s>."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=model or FIREREDASR2_BPE_FIXTURE.read_bytes())
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    pieces = [p for i, p in enumerate(pieces) if not (sp.is_unknown(i) or sp.is_control(i))]
+    return FIREREDASR2_SPECIALS + list(FIREREDASR2_CHARS) + pieces
+
+
+def fireredasr2_dict_text(tokens: list[str]) -> str:
+    return "".join(f"{token} {i}\n" for i, token in enumerate(tokens))
+
+
+def fireredasr2_aed_args(vocab_size: int) -> argparse.Namespace:
+    """The AED `args` Namespace (model.pth.tar, asr_encoder.pth.tar): the fields
+    FireRedAsrAed.from_args reads, plus blank_id, with the released ids."""
+    d = FIREREDASR2_AED_DIMS
+    return argparse.Namespace(
+        idim=d["idim"],
+        odim=vocab_size,
+        d_model=d["d_model"],
+        n_head=d["n_head"],
+        n_layers_enc=d["n_layers_enc"],
+        n_layers_dec=d["n_layers_dec"],
+        kernel_size=d["kernel_size"],
+        pe_maxlen=d["pe_maxlen"],
+        residual_dropout=0.1,
+        dropout_rate=0.1,
+        sos_id=3,
+        eos_id=4,
+        pad_id=2,
+        blank_id=0,
+    )
+
+
+def fireredasr2_llm_args() -> argparse.Namespace:
+    """The LLM model.pth.tar `args`: what FireRedAsrLlm.from_args reads. The loader overwrites
+    encoder_path, llm_dir and use_fp16 (True: the LLM runs in bfloat16) and from_args sets
+    freeze_llm; use_flash_attn False selects eager attention."""
+    return argparse.Namespace(
+        encoder_path="asr_encoder.pth.tar",
+        llm_dir=FIREREDASR2_LLM_DIR,
+        freeze_encoder=False,
+        freeze_llm=False,
+        use_lora=True,
+        use_flash_attn=False,
+        use_fp16=False,
+        encoder_downsample_rate=2,
+    )
+
+
+def _conformer_block_shapes(p: str, d: int, heads: int, k: int) -> dict[str, tuple[int, ...]]:
+    ffn = {".net.0.weight": (d,), ".net.0.bias": (d,), ".net.1.weight": (4 * d, d),
+           ".net.1.bias": (4 * d,), ".net.4.weight": (d, 4 * d), ".net.4.bias": (d,)}  # fmt: skip
+    shapes = {p + "ffn1" + s: v for s, v in ffn.items()}
+    for bias in ("pos_bias_u", "pos_bias_v"):
+        shapes[p + f"mhsa.{bias}"] = (heads, d // heads)
+    for w in ("w_qs", "w_ks", "w_vs"):
+        shapes[p + f"mhsa.{w}.weight"] = (d, d)
+    for norm in ("layer_norm_q", "layer_norm_k", "layer_norm_v"):
+        shapes |= {p + f"mhsa.{norm}.weight": (d,), p + f"mhsa.{norm}.bias": (d,)}
+    shapes |= {p + "mhsa.fc.weight": (d, d), p + "mhsa.linear_pos.weight": (d, d)}
+    shapes |= {
+        p + "conv.pre_layer_norm.weight": (d,),
+        p + "conv.pre_layer_norm.bias": (d,),
+        p + "conv.pointwise_conv1.weight": (4 * d, d, 1),
+        p + "conv.depthwise_conv.weight": (2 * d, 1, k),
+        p + "conv.batch_norm.weight": (2 * d,),
+        p + "conv.batch_norm.bias": (2 * d,),
+        p + "conv.pointwise_conv2.weight": (d, 2 * d, 1),
+    }
+    shapes |= {p + "ffn2" + s: v for s, v in ffn.items()}
+    return shapes | {p + "layer_norm.weight": (d,), p + "layer_norm.bias": (d,)}
+
+
+def fireredasr2_encoder_shapes() -> dict[str, tuple[int, ...]]:
+    """ConformerEncoder's state-dict keys (under `encoder.`) and shapes, in its order."""
+    dims = FIREREDASR2_AED_DIMS
+    d, c = dims["d_model"], FIREREDASR2_SUBSAMPLE_CHANNELS
+    freq = ((dims["idim"] - 1) // 2 - 1) // 2  # 80 mels -> 19 after the two stride-2 convs
+    shapes: dict[str, tuple[int, ...]] = {
+        "encoder.input_preprocessor.conv.0.weight": (c, 1, 3, 3),
+        "encoder.input_preprocessor.conv.0.bias": (c,),
+        "encoder.input_preprocessor.conv.2.weight": (c, c, 3, 3),
+        "encoder.input_preprocessor.conv.2.bias": (c,),
+        "encoder.input_preprocessor.out.weight": (d, c * freq),
+        "encoder.input_preprocessor.out.bias": (d,),
+        "encoder.positional_encoding.pe": (1, 2 * FIREREDASR2_ENCODER_PE_LEN - 1, d),
+    }
+    for i in range(dims["n_layers_enc"]):
+        p = f"encoder.layer_stack.{i}."
+        shapes |= _conformer_block_shapes(p, d, dims["n_head"], dims["kernel_size"])
+    return shapes
+
+
+def _decoder_attention_shapes(p: str, d: int) -> dict[str, tuple[int, ...]]:
+    return {
+        p + "w_qs.weight": (d, d),
+        p + "w_qs.bias": (d,),
+        p + "w_ks.weight": (d, d),  # no bias
+        p + "w_vs.weight": (d, d),
+        p + "w_vs.bias": (d,),
+        p + "fc.weight": (d, d),
+        p + "fc.bias": (d,),
+    }
+
+
+def fireredasr2_aed_weight_shapes(vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """FireRedAsrAed's state-dict keys and shapes, in its order (the draw order): the encoder,
+    the decoder (its `pe` buffer, and `tgt_word_prj.weight`, tied to `tgt_word_emb.weight`,
+    included), `ctc.ctc_lo`."""
+    dims = FIREREDASR2_AED_DIMS
+    d = dims["d_model"]
+    shapes = fireredasr2_encoder_shapes()
+    shapes |= {
+        "decoder.tgt_word_emb.weight": (vocab_size, d),
+        "decoder.positional_encoding.pe": (1, dims["pe_maxlen"], d),
+    }
+    for i in range(dims["n_layers_dec"]):
+        p = f"decoder.layer_stack.{i}."
+        for block in ("self_attn", "cross_attn"):
+            shapes |= {p + f"{block}_norm.weight": (d,), p + f"{block}_norm.bias": (d,)}
+            shapes |= _decoder_attention_shapes(p + f"{block}.", d)
+        shapes |= {p + "mlp_norm.weight": (d,), p + "mlp_norm.bias": (d,)}
+        shapes |= {
+            p + "mlp.w_1.weight": (4 * d, d),
+            p + "mlp.w_1.bias": (4 * d,),
+            p + "mlp.w_2.weight": (d, 4 * d),
+            p + "mlp.w_2.bias": (d,),
+        }
+    shapes |= {
+        "decoder.tgt_word_prj.weight": (vocab_size, d),
+        "decoder.layer_norm_out.weight": (d,),
+        "decoder.layer_norm_out.bias": (d,),
+    }
+    return shapes | {"ctc.ctc_lo.weight": (vocab_size, d), "ctc.ctc_lo.bias": (vocab_size,)}
+
+
+def fireredasr2_sinusoid_pe(length: int, d: int) -> np.ndarray:
+    """(length, d) sin/cos table, computed with torch exactly as the package's
+    PositionalEncoding and RelPositionalEncoding do (so the buffers are bit-identical)."""
+    import torch
+
+    position = torch.arange(0, length).unsqueeze(1).float()
+    div_term = torch.exp(
+        torch.arange(0, d, 2).float() * -(torch.log(torch.tensor(10000.0)).item() / d)
+    )
+    pe = torch.zeros(length, d)
+    pe[:, 0::2] = torch.sin(position * div_term)
+    pe[:, 1::2] = torch.cos(position * div_term)
+    return pe.numpy()
+
+
+def fireredasr2_rel_pe(d: int, max_len: int = FIREREDASR2_ENCODER_PE_LEN) -> np.ndarray:
+    """RelPositionalEncoding's `pe` buffer, (1, 2 max_len - 1, d): positions max_len - 1 .. 0
+    (flipped), then -1 .. -(max_len - 1)."""
+    import torch
+
+    position = torch.arange(0, max_len).unsqueeze(1).float()
+    div_term = torch.exp(
+        torch.arange(0, d, 2).float() * -(torch.log(torch.tensor(10000.0)).item() / d)
+    )
+    positive, negative = torch.zeros(max_len, d), torch.zeros(max_len, d)
+    positive[:, 0::2] = torch.sin(position * div_term)
+    positive[:, 1::2] = torch.cos(position * div_term)
+    negative[:, 0::2] = torch.sin(-1 * position * div_term)
+    negative[:, 1::2] = torch.cos(-1 * position * div_term)
+    pe = torch.cat([torch.flip(positive, [0]), negative[1:]])
+    return pe.unsqueeze(0).numpy()
+
+
+def _firered_value(name: str, shape: tuple[int, ...], noise: np.ndarray) -> np.ndarray:
+    """One random weight from its standard-normal draw (see the section's comment)."""
+    fan_in = float(np.prod(shape[1:])) if len(shape) > 1 else 1.0
+    if name.endswith(".bias"):
+        return BIAS_STD * noise
+    if len(shape) == 1:  # LayerNorm weights
+        return 1.0 + NORM_NOISE_STD * noise
+    if name.endswith(("pos_bias_u", "pos_bias_v")):
+        return FIRERED_POS_BIAS_STD * noise
+    if name == "decoder.tgt_word_emb.weight":
+        return FIRERED_EMBED_STD * noise
+    if ".lora_" in name:
+        return FIRERED_LORA_STD * noise
+    gain = FIRERED_CTC_GAIN if name == "ctc.ctc_lo.weight" else FIRERED_GAIN
+    if name.startswith("decoder.layer_stack.") and name.endswith(("fc.weight", "w_2.weight")):
+        gain = FIRERED_DECODER_OUT_GAIN
+    if name.endswith(("cross_attn.w_qs.weight", "cross_attn.w_ks.weight")):
+        gain = FIRERED_CROSS_QK_GAIN
+    return gain / np.sqrt(fan_in) * noise
+
+
+def _firered_buffer(name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The positional-encoding buffers (not random), or None for a weight."""
+    if name == "encoder.positional_encoding.pe":
+        return fireredasr2_rel_pe(shape[-1])
+    if name == "decoder.positional_encoding.pe":
+        return fireredasr2_sinusoid_pe(shape[1], shape[2])[None]
+    return None
+
+
+def _plant_fireredasr2_decoder(w: dict[str, np.ndarray], eos_id: int) -> None:
+    """The blank bias, the read/write split of the tied embedding and the end-of-hypothesis
+    channels (see the section's comment), in place."""
+    w["ctc.ctc_lo.bias"][0] += FIRERED_BLANK_BIAS
+    d = FIREREDASR2_AED_DIMS["d_model"]
+    read, write = np.arange(FIRERED_READ_CHANNELS), np.arange(FIRERED_READ_CHANNELS, d)
+    emb, norm = w["decoder.tgt_word_emb.weight"], w["decoder.layer_norm_out.weight"]
+    rows = emb[:, read]  # every token's read part gets the same norm: none is favoured
+    emb[:, read] = rows / np.linalg.norm(rows, axis=1, keepdims=True) * FIRERED_READ_NORM
+    signs = np.where(read % 2 == 0, 1.0, -1.0)
+    norm[read] *= FIRERED_OUT_NORM_GAIN * signs
+    norm[write] = 0.0
+    w["decoder.layer_norm_out.bias"][:] = 0.0
+    eos = list(FIRERED_EOS_CHANNELS)
+    norm[eos] = [FIRERED_OUT_NORM_GAIN, -FIRERED_OUT_NORM_GAIN]
+    emb[:, eos] = 0.0
+    emb[eos_id, eos] = FIRERED_EOS_GAIN
+    outputs = ("attn.fc.weight", "attn.fc.bias", "mlp.w_2.weight", "mlp.w_2.bias")
+    for name, value in w.items():
+        if name.startswith("decoder.layer_stack.") and name.endswith(outputs):
+            value[eos] = 0.0
+            if name.endswith(".bias"):
+                value[read] = 0.0
+
+
+def fireredasr2_random_weights(
+    shapes: dict[str, tuple[int, ...]], seed: int, eos_id: int | None = None
+) -> dict[str, np.ndarray]:
+    """Float32 weights from RandomState(seed), drawn in the order of `shapes` (the buffers are
+    computed, and the tied `decoder.tgt_word_prj.weight` is the embedding's array), then the
+    decoder plants when `eos_id` is given."""
+    rng = np.random.RandomState(seed)
+    out: dict[str, np.ndarray] = {}
+    for name, shape in shapes.items():
+        buffer = _firered_buffer(name, shape)
+        if buffer is not None:
+            out[name] = buffer
+        elif name == FIRERED_TIED[1]:
+            out[name] = out[FIRERED_TIED[0]]
+        else:
+            out[name] = _firered_value(name, shape, rng.standard_normal(shape))
+    if eos_id is not None:
+        _plant_fireredasr2_decoder(out, eos_id)
+    out = {name: np.asarray(w, dtype=np.float32) for name, w in out.items()}
+    if FIRERED_TIED[1] in out:
+        out[FIRERED_TIED[1]] = out[FIRERED_TIED[0]]
+    return out
+
+
+def fireredasr2_cmvn_stats() -> np.ndarray:
+    """cmvn.ark's (2, 81) float64 stats: per-dim means of 10.5 .. 16 and standard deviations of
+    2.5 .. 4 (the size of the released model's), times FIREREDASR2_CMVN_FRAMES frames."""
+    n_mels = FIREREDASR2_AED_DIMS["idim"]
+    k = np.arange(n_mels) / (n_mels - 1)
+    rng = np.random.RandomState(81)
+    mean = 10.5 + 5.5 * np.sqrt(k) + 0.2 * rng.standard_normal(n_mels)
+    std = 4.0 - 1.5 * k + 0.1 * rng.standard_normal(n_mels)
+    n = FIREREDASR2_CMVN_FRAMES
+    stats = np.zeros((2, n_mels + 1))
+    stats[0, :n_mels], stats[0, n_mels] = mean * n, n
+    stats[1, :n_mels] = (std**2 + mean**2) * n
+    return stats
+
+
+def kaldi_binary_matrix(m: np.ndarray) -> bytes:
+    """A Kaldi binary double matrix ("\\0B", "DM ", int32 rows and cols, float64 data), as
+    compute-cmvn-stats writes a global cmvn.ark (no archive key)."""
+    import struct
+
+    rows, cols = m.shape
+    head = b"\0BDM " + struct.pack("<bi", 4, rows) + struct.pack("<bi", 4, cols)
+    return head + np.ascontiguousarray(m, dtype="<f8").tobytes()
+
+
+def _torch_save(path: Path, doc: dict[str, object]) -> None:
+    import torch  # torch writes the checkpoint format; both environments have it
+
+    torch.save(doc, str(path))
+
+
+def _state_dict(weights: dict[str, np.ndarray]) -> dict[str, object]:
+    """Torch tensors in order; names holding the same array share one tensor (the tied
+    output projection), as `model.state_dict()` has them."""
+    import torch
+
+    tensors: dict[int, object] = {}
+    return {name: tensors.setdefault(id(w), torch.from_numpy(w)) for name, w in weights.items()}
+
+
+def _write_common_files(path: Path) -> list[str]:
+    bpe = FIREREDASR2_BPE_FIXTURE.read_bytes()
+    (path / FIREREDASR2_BPE_FILE).write_bytes(bpe)
+    tokens = fireredasr2_tokens(bpe)
+    (path / "dict.txt").write_text(fireredasr2_dict_text(tokens), encoding="utf-8")
+    (path / "cmvn.ark").write_bytes(kaldi_binary_matrix(fireredasr2_cmvn_stats()))
+    (path / "config.yaml").write_bytes(b"")
+    return tokens
+
+
+def build_fireredasr2(path: Path, *, seed: int = 0, variant: str = "aed") -> Path:
+    """Writes a complete tiny FireRedASR2 folder ("aed" or "llm") at `path` and returns it."""
+    if variant not in ("aed", "llm"):
+        raise ValueError(f"variant must be 'aed' or 'llm', not {variant!r}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokens = _write_common_files(path)
+    args = fireredasr2_aed_args(len(tokens))
+    if variant == "aed":
+        shapes = fireredasr2_aed_weight_shapes(len(tokens))
+        weights = fireredasr2_random_weights(shapes, seed, eos_id=args.eos_id)
+        doc = {"args": args, "model_state_dict": _state_dict(weights)}
+        _torch_save(path / "model.pth.tar", doc)
+        return path
+    _torch_save(path / "asr_encoder.pth.tar", {"args": args})
+    llm_dir = build_fireredasr2_qwen2(path / FIREREDASR2_LLM_DIR, seed=seed + 1)
+    weights = fireredasr2_random_weights(fireredasr2_llm_weight_shapes(), seed)
+    doc = {"args": fireredasr2_llm_args(), "model_state_dict": _state_dict(weights)}
+    _torch_save(path / "model.pth.tar", doc)
+    assert llm_dir.is_dir()
+    return path
+
+
+def fireredasr2_qwen2_weight_shapes(vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """Qwen2ForCausalLM's HF key names and shapes (q/k/v with biases, no q/k norms), in
+    state-dict order."""
+    dims = FIREREDASR2_LLM_DIMS
+    h, inter = dims["hidden_size"], dims["intermediate_size"]
+    head_dim = h // dims["num_attention_heads"]
+    q, kv = h, dims["num_key_value_heads"] * head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab_size, h)}
+    for i in range(dims["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (q, h),
+            p + "self_attn.q_proj.bias": (q,),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.k_proj.bias": (kv,),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.v_proj.bias": (kv,),
+            p + "self_attn.o_proj.weight": (h, q),
+            p + "mlp.gate_proj.weight": (inter, h),
+            p + "mlp.up_proj.weight": (inter, h),
+            p + "mlp.down_proj.weight": (h, inter),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+        }
+    return shapes | {"model.norm.weight": (h,), "lm_head.weight": (vocab_size, h)}
+
+
+def fireredasr2_lora_shapes() -> dict[str, tuple[int, ...]]:
+    """The LoRA pairs of the LLM in model.pth.tar (peft's key names under `llm.`): A is
+    (r, in), B is (out, r), for each layer's q, k, v, o, gate, up and down projections."""
+    base = fireredasr2_qwen2_weight_shapes(1)
+    r = FIREREDASR2_LORA_RANK
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in range(FIREREDASR2_LLM_DIMS["num_hidden_layers"]):
+        for module in FIREREDASR2_LORA_MODULES:
+            out_dim, in_dim = base[f"model.layers.{i}.{module}.weight"]
+            p = f"llm.base_model.model.model.layers.{i}.{module}."
+            shapes |= {p + "lora_A.default.weight": (r, in_dim)}
+            shapes |= {p + "lora_B.default.weight": (out_dim, r)}
+    return shapes
+
+
+def fireredasr2_llm_weight_shapes() -> dict[str, tuple[int, ...]]:
+    """The LLM model.pth.tar's state dict, in FireRedAsrLlm's module order (encoder, llm,
+    encoder_projector): the encoder with its `pe` buffer, the LoRA pairs, the adapter."""
+    d, h = FIREREDASR2_AED_DIMS["d_model"], FIREREDASR2_LLM_DIMS["hidden_size"]
+    ds = fireredasr2_llm_args().encoder_downsample_rate
+    adapter = {
+        "encoder_projector.linear1.weight": (h, d * ds),
+        "encoder_projector.linear1.bias": (h,),
+        "encoder_projector.linear2.weight": (h, h),
+        "encoder_projector.linear2.bias": (h,),
+    }
+    return fireredasr2_encoder_shapes() | fireredasr2_lora_shapes() | adapter
+
+
+def fireredasr2_qwen2_token_ids() -> dict[str, int]:
+    """Ids of Qwen2's special tokens after the BPE vocabulary, and of `<speech>`, which the
+    package adds when it loads the tokenizer (the next id)."""
+    first = len(json.loads((QWEN3_TOKENIZER_DIR / "vocab.json").read_text(encoding="utf-8")))
+    names = [*FIREREDASR2_LLM_SPECIALS, FIREREDASR2_SPEECH_TOKEN]
+    return {name: first + i for i, name in enumerate(names)}
+
+
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _qwen2_added_token(id_: int, content: str) -> dict[str, object]:
+    return {"id": id_, "content": content, "single_word": False, "lstrip": False,
+            "rstrip": False, "normalized": False, "special": True}  # fmt: skip
+
+
+def fireredasr2_qwen2_tokenizer_files() -> dict[str, str]:
+    """Qwen2-7B-Instruct's tokenizer files for the tiny BPE: tokenizer.json (the qwen3
+    fixture's, with Qwen2's three special tokens), vocab.json, merges.txt and
+    tokenizer_config.json (Qwen2-7B-Instruct's fields and chat template)."""
+    ids = fireredasr2_qwen2_token_ids()
+    doc = json.loads((QWEN3_TOKENIZER_DIR / "tokenizer.json").read_text(encoding="utf-8"))
+    doc["added_tokens"] = [_qwen2_added_token(ids[t], t) for t in FIREREDASR2_LLM_SPECIALS]
+    decoder = {str(ids[t]): {k: v for k, v in _qwen2_added_token(ids[t], t).items() if k != "id"}
+               for t in FIREREDASR2_LLM_SPECIALS}  # fmt: skip
+    config = {
+        "add_prefix_space": False,
+        "added_tokens_decoder": decoder,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "chat_template": QWEN2_CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 131072,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+
+    def dump(x: object) -> str:
+        return json.dumps(x, ensure_ascii=False, indent=2) + "\n"
+
+    return {
+        "tokenizer.json": dump(doc),
+        "tokenizer_config.json": dump(config),
+        "vocab.json": (QWEN3_TOKENIZER_DIR / "vocab.json").read_text(encoding="utf-8"),
+        "merges.txt": (QWEN3_TOKENIZER_DIR / "merges.txt").read_text(encoding="utf-8"),
+    }
+
+
+def fireredasr2_qwen2_config(vocab_size: int) -> dict[str, object]:
+    """config.json in the layout of Qwen/Qwen2-7B-Instruct's (dimensions shrunk, float32)."""
+    ids = fireredasr2_qwen2_token_ids()
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "hidden_act": "silu",
+        **FIREREDASR2_LLM_DIMS,
+        "initializer_range": 0.02,
+        "max_position_embeddings": 32768,
+        "max_window_layers": 28,
+        "model_type": "qwen2",
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "sliding_window": 131072,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "transformers_version": "4.41.2",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": vocab_size,
+    }
+
+
+def fireredasr2_qwen2_generation_config() -> dict[str, object]:
+    """generation_config.json as Qwen2-7B-Instruct ships it (sampling defaults included; the
+    package's generate() call overrides do_sample, eos_token_id and repetition_penalty)."""
+    ids = fireredasr2_qwen2_token_ids()
+    return {
+        "bos_token_id": ids["<|endoftext|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "do_sample": True,
+        "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+        "repetition_penalty": 1.05,
+        "temperature": 0.7,
+        "top_p": 0.8,
+        "top_k": 20,
+        "transformers_version": "4.37.0",
+    }
+
+
+def fireredasr2_qwen2_random_weights(
+    shapes: dict[str, tuple[int, ...]], seed: int
+) -> dict[str, np.ndarray]:
+    """Float32 weights from RandomState(seed) in the order of `shapes`, with the Qwen3 scales
+    (EMBED_STD, MATRIX_STD, LM_HEAD_STD, NORM_NOISE_STD, BIAS_STD); lm_head rows of byte
+    fragments are scaled by FRAGMENT_ROW_SCALE (mostly readable output)."""
+    rng = np.random.RandomState(seed)
+    out = {}
+    for name, shape in shapes.items():
+        noise = rng.standard_normal(shape)
+        if name.endswith(".bias"):
+            value = BIAS_STD * noise
+        elif len(shape) == 1:
+            value = 1.0 + NORM_NOISE_STD * noise
+        elif name == "model.embed_tokens.weight":
+            value = EMBED_STD * noise
+        elif name == "lm_head.weight":
+            value = LM_HEAD_STD * noise
+        else:
+            value = MATRIX_STD * noise
+        out[name] = value.astype(np.float32)
+    out["lm_head.weight"][qwen3_asr_fragment_ids(QWEN3_TOKENIZER_DIR)] *= np.float32(
+        FRAGMENT_ROW_SCALE
+    )
+    return out
+
+
+def build_fireredasr2_qwen2(path: Path, *, seed: int = 1) -> Path:
+    """The tiny `Qwen2-7B-Instruct/` folder of the LLM variant (two shards and an index)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, text in fireredasr2_qwen2_tokenizer_files().items():
+        (path / name).write_text(text, encoding="utf-8")
+    vocab = len(fireredasr2_qwen2_token_ids())
+    vocab += len(json.loads((QWEN3_TOKENIZER_DIR / "vocab.json").read_text(encoding="utf-8")))
+    _write_json(path / "config.json", fireredasr2_qwen2_config(vocab))
+    _write_json(path / "generation_config.json", fireredasr2_qwen2_generation_config())
+    weights = fireredasr2_qwen2_random_weights(fireredasr2_qwen2_weight_shapes(vocab), seed)
+    save_safetensors(path, weights, shards=2)
+    return path
+
+
+def load_fireredasr2_checkpoint(path: Path) -> tuple[argparse.Namespace, dict[str, np.ndarray]]:
+    """(args, state dict as numpy arrays) of a model.pth.tar / asr_encoder.pth.tar, read with
+    torch.load(weights_only=True), argparse.Namespace allowed: no reference package needed."""
+    import torch
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        doc = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = {name: t.numpy() for name, t in doc.get("model_state_dict", {}).items()}
+    return doc["args"], state
+
+
+def fireredasr2_tensors_sha256(folder: Path) -> str:
+    """A digest of a FireRedASR2 folder's checkpoints: each .pth.tar's args and tensors (names,
+    dtypes, shapes, bytes), and, for the LLM variant, the Qwen2 folder's tensors."""
+    h = hashlib.sha256()
+    for file in sorted(Path(folder).glob("*.pth.tar")):
+        args, state = load_fireredasr2_checkpoint(file)
+        h.update(f"{file.name}|{sorted(vars(args).items())}\n".encode())
+        for name, t in state.items():
+            h.update(f"{name}|{t.dtype.str}|{list(t.shape)}\n".encode())
+            h.update(np.ascontiguousarray(t).tobytes())
+    llm = Path(folder) / FIREREDASR2_LLM_DIR
+    if llm.is_dir():
+        h.update(tensors_sha256(llm).encode())
+    return h.hexdigest()
+
+
+def fireredasr2_audio(name: str) -> np.ndarray:
+    """The named test signal of the FireRedASR2 fixtures, as the package reads audio: 16 kHz
+    int16 samples (kaldiio.load_mat of a PCM16 wav). `paraformer_audio`'s clips (`hello`,
+    `weather`, `tone_short`, `tiny`, `silence_1s`, `speech_4s`) rounded to int16; the .ogg
+    clips decode to exact int16 values, so x / 32768 gives back the float clip."""
+    x = paraformer_audio(name).astype(np.float64) * 32768.0
+    return np.clip(np.round(x), -32768, 32767).astype(np.int16)

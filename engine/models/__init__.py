@@ -55,6 +55,18 @@ def _load_sensevoice(path: Path, name: str, rollback: Any = None, **options: Any
     return load_sensevoice(path, name, **options)
 
 
+def _is_fireredasr2(path: Path) -> bool:
+    from engine.fireredasr2_asr import is_fireredasr2
+
+    return is_fireredasr2(path)
+
+
+def _load_fireredasr2(path: Path, name: str, rollback: Any = None, **options: Any) -> Any:
+    from engine.fireredasr2_asr import load_fireredasr2
+
+    return load_fireredasr2(path, name, **options)
+
+
 FAMILIES: list[Family] = [
     Family("qwen3", lambda p: model_type(p) == "qwen3", _load_qwen3),
     Family("qwen3_asr", lambda p: model_type(p) == "qwen3_asr", _load_qwen3_asr),
@@ -64,4 +76,5 @@ FAMILIES: list[Family] = [
         _load_paraformer,
     ),
     Family("sensevoice", lambda p: config_yaml_model(p) == "SenseVoiceSmall", _load_sensevoice),
+    Family("fireredasr2", _is_fireredasr2, _load_fireredasr2),
 ]

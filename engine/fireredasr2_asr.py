@@ -1,0 +1,133 @@
+"""FireRedASR2-AED served on the segment policy (engine/chunked.py's SegmentWorker): VAD
+segments, partials by re-decoding the open segment every `step_seconds`, finals at commits; the
+segments due in a step share one batched encoder call and one batched beam search
+(engine/aed_beam_search.py), each segment getting what it would get alone.
+
+Segments are at most `max_segment_seconds` long (60 s by default: the released AED's limit,
+beyond which it may hallucinate); the session commits a segment that reaches it, as if the
+speaker had paused (rtserve/session.py reads the served model's `max_segment_seconds`).
+
+The folder is the released FireRedTeam/FireRedASR2-AED layout: `model.pth.tar` (a torch.save of
+{"args": argparse.Namespace, "model_state_dict": ...}, read with weights_only=True, the
+Namespace allowed), `cmvn.ark`, `dict.txt` (and `train_bpe1000.model`, for encoding only).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from audio.kaldi_cmvn import FireRedFrontend
+from engine.aed_beam_search import BeamSettings, beam_search
+from engine.chunked import Decoded, FunasrHandle, SegmentWorker, Stream
+from engine.fireredasr2_tokens import FireRedTokens
+from engine.models.fireredasr2 import FireRedAed, FireRedConfig
+from engine.runtime import Runtime
+from engine.streaming import StreamOptions
+
+AED_MAX_SEGMENT_SECONDS = 60.0
+REQUIRED_FILES = ("model.pth.tar", "cmvn.ark", "dict.txt")
+
+
+def is_fireredasr2(path: Path) -> bool:
+    return all((path / name).is_file() for name in REQUIRED_FILES)
+
+
+def is_llm_variant(path: Path) -> bool:
+    return (path / "asr_encoder.pth.tar").is_file()
+
+
+def read_checkpoint(path: Path) -> tuple[argparse.Namespace, dict[str, Tensor]]:
+    """(args, state dict) of a model.pth.tar / asr_encoder.pth.tar, without unpickling
+    anything but tensors and the argparse Namespace."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        doc = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(doc, dict) or not isinstance(doc.get("args"), argparse.Namespace):
+        raise ValueError(f"{path}: not a FireRedASR checkpoint (no argparse `args`)")
+    return doc["args"], doc.get("model_state_dict") or {}
+
+
+class FireRedWorker(SegmentWorker):
+    """The segment policy with FireRedASR2-AED's decode: batched encoder, batched beam search."""
+
+    def __init__(
+        self,
+        model: FireRedAed,
+        tokens: FireRedTokens,
+        frontend: FireRedFrontend,
+        step_seconds: float | None = 2.0,
+        settings: BeamSettings | None = None,
+    ) -> None:
+        super().__init__(model, tokens, frontend, step_seconds)  # type: ignore[arg-type]
+        self.settings = settings or BeamSettings()
+
+    def _decode(self, feats: Tensor, frames: Tensor, streams: list[Stream]) -> list[Decoded]:
+        dtype = self.model.ctc_lo.weight.dtype
+        enc, lengths = self.model.encoder(feats.to(dtype), frames)
+        hyps = beam_search(self.model.decoder, enc, lengths, self.settings)
+        return [Decoded(self.tokens.text(h[0].ids)) for h in hyps]
+
+
+@dataclass
+class FireRedServed:
+    """A served FireRedASR2-AED (engine/streaming.py's AsrModel). It transcribes Mandarin,
+    Chinese dialects and English without being told; the language and prompt are ignored."""
+
+    name: str
+    worker: FireRedWorker
+    max_segment_seconds: float = AED_MAX_SEGMENT_SECONDS  # the session commits at this length
+    kind: str = field(default="asr", init=False)
+
+    def validate(self, options: StreamOptions) -> None:
+        """Any language is accepted (the model has no language query)."""
+
+    def open_stream(self, options: StreamOptions) -> FunasrHandle:
+        return FunasrHandle(self.worker)
+
+
+def build_fireredasr2(
+    path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[FireRedAed, FireRedTokens, FireRedFrontend]:
+    """The AED model, its tokens and its front end, from a FireRedASR2-AED folder."""
+    path = Path(path)
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: no {', '.join(missing)}")
+    args, state = read_checkpoint(path / "model.pth.tar")
+    cfg = FireRedConfig.from_args(args)
+    tokens = FireRedTokens.from_file(path / "dict.txt")
+    if len(tokens) != cfg.odim:
+        raise ValueError(f"{path}: dict.txt has {len(tokens)} tokens, the model {cfg.odim}")
+    with torch.device(device):
+        model = FireRedAed(cfg)
+    model.load_weights(state)
+    model.to(dtype).eval()
+    return model, tokens, FireRedFrontend.from_file(path / "cmvn.ark")
+
+
+def load_fireredasr2(
+    path: Path,
+    name: str,
+    performance_mode: str = "balanced",
+    runtime: Runtime | None = None,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    step_seconds: float | None = 2.0,
+    beam: BeamSettings | None = None,
+    max_segment_seconds: float = AED_MAX_SEGMENT_SECONDS,
+    **_: Any,
+) -> FireRedServed:
+    """The served AED on the segment policy, float32 unless told otherwise."""
+    if is_llm_variant(path):
+        raise ValueError(f"{path}: the FireRedASR2-LLM variant is not supported yet")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokens, frontend = build_fireredasr2(path, device, dtype or torch.float32)
+    worker = FireRedWorker(model, tokens, frontend, step_seconds, beam)
+    worker.runtime = runtime or Runtime(name=f"asr-{name}")
+    worker.runtime.add(worker)
+    return FireRedServed(name, worker, max_segment_seconds)
