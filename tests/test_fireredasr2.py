@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from audio.kaldi_cmvn import read_cmvn, read_kaldi_matrix
 from engine.aed_beam_search import BeamSettings, beam_search
 from engine.chunked import FunasrHandle
+from engine.ctc_timestamps import aligned_times, token_timestamps
 from engine.fireredasr2_asr import FireRedWorker, build_fireredasr2, load_fireredasr2
 from engine.fireredasr2_tokens import FireRedTokens
 from engine.loader import ModelLoadError, ModelSpec, find_family, load
@@ -228,6 +229,28 @@ def test_max_len_and_greedy(built):
         greedy = beam_search(model.decoder, enc, lengths, BeamSettings(beam_size=1))[0][0]
     assert len(short.ids) == 3
     assert greedy.ids[:1] == case("hello")["decoder_argmax"][:1]  # the first step's argmax
+
+
+def test_ctc_timestamps(built):
+    """return_timestamp=True: forced alignment where it is possible (hello, weather,
+    speech_4s), the even split where it is not (silence_1s, tone_short: more tokens with their
+    repeats than frames), word pieces merged."""
+    model, tokens, frontend = built
+    with torch.inference_mode():
+        feats, frames = features(frontend, CLIPS)
+        enc, lengths = model.encoder(feats, frames)
+        logprobs = model.ctc_log_probs(enc)
+    aligned = []
+    for b, clip in enumerate(CLIPS):
+        c = case(clip)
+        ids = c["nbest"][0]["ids"]
+        lp = logprobs[b, : int(lengths[b])]
+        aligned.append(aligned_times(lp, ids) is not None)
+        stamps = token_timestamps(lp, ids, len(samples(clip)) / 16000, tokens)
+        assert [s[0] for s in stamps] == [s[0] for s in c["timestamp"]]
+        got = np.array([s[1:] for s in stamps])
+        assert np.allclose(got, [s[1:] for s in c["timestamp"]], atol=1e-6), clip
+    assert aligned == [True, True, True, False, False]
 
 
 # ---- tokens, loader ----------------------------------------------------------------------------
