@@ -137,13 +137,17 @@ class AsrWorker:
     def _on_audio(self, s: Stream, x: np.ndarray) -> None:
         seg = s.open
         if seg is None:
-            seg = Segment(
-                s.prompt, self.tokenizer, s.forced, self.config,
-                self.model.config.audio.window_frames, self.device,
-            )  # fmt: skip
+            seg = self._new_segment(s)
             seg.index, s.next_index = s.next_index, s.next_index + 1
             s.queue.append(seg)
         seg.feed(x)
+
+    def _new_segment(self, s: Stream) -> Segment:
+        """The state of a stream's next segment (a model's worker gives its own kind)."""
+        return Segment(
+            s.prompt, self.tokenizer, s.forced, self.config,
+            self.model.config.audio.window_frames, self.device,
+        )  # fmt: skip
 
     def _on_commit(self, s: Stream, _) -> None:
         seg = s.open
@@ -278,8 +282,13 @@ class AsrWorker:
         s.queue.remove(seg)  # the state is dropped before anyone hears of the final
         s.base += seg.audio.size
         self._update_consumed(s)
-        self._emit(s, Final(seg.index, transcript, language_code(language)))
+        self._emit(s, Final(seg.index, transcript, self._final_language(language)))
         self._maybe_close(s)
+
+    @staticmethod
+    def _final_language(language: str) -> str | None:
+        """A segment's parsed language -> the code a Final carries."""
+        return language_code(language)
 
     @staticmethod
     def _update_consumed(s: Stream) -> None:

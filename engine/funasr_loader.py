@@ -123,3 +123,25 @@ def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str,
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a state dict")
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def named_path(
+    folder: FunasrFolder, section: str, key: str, default: str | None = None
+) -> Path | None:
+    """A file or folder that config.yaml's `section.key` names (e.g. `llm_conf.init_param_path`
+    -> Qwen3-0.6B/), found as funasr finds it: configuration.json's file_path_metas entry
+    (relative to the folder), else config.yaml's value (relative to the folder unless
+    absolute), else `default` in the folder; None when none of them exists."""
+    metas = folder.metas.get(section)
+    conf = folder.config.get(section)
+    candidates = [
+        metas.get(key) if isinstance(metas, dict) else None,
+        conf.get(key) if isinstance(conf, dict) else None,
+        default,
+    ]
+    for name in candidates:
+        if isinstance(name, str) and name:
+            path = folder.path / name  # an absolute name stays absolute
+            if path.exists():
+                return path
+    return None

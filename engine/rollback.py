@@ -14,6 +14,10 @@ One departure, for the transcript contract: the official prefix can shrink when 
 fewer tokens than it rolls back; ours never shrinks, so text once fixed stays fixed (stable).
 Steps fall on multiples of the step length, as the official chunks do; a step that could not
 run in time is merged into the next one.
+
+`RollbackSegment` is the model-independent half (the audio of the open segment, the step
+cadence, the text prefix and what is stable); `Segment` adds Qwen3-ASR's audio side and output
+format. Fun-ASR-Nano's segment (engine/fun_asr_nano_asr.py) is another subclass.
 """
 
 from __future__ import annotations
@@ -76,30 +80,19 @@ def final_windows(upto: int, window_frames: int) -> int:
     return w
 
 
-class Segment:
-    """The open segment of one stream: its audio, caches and text state."""
+class RollbackSegment:
+    """The text side of the rollback policy for one open segment: its audio, the step cadence,
+    the last output and the text prefix of the next step. Subclasses say how an output reads
+    (`parse`) and which part of a prefix is transcript (`stable_text`)."""
 
-    def __init__(
-        self,
-        prompt: Prompt,
-        tokenizer: Tokenizer,
-        forced: str | None,
-        config: RollbackConfig,
-        window_frames: int,
-        device: torch.device,
-    ) -> None:
-        self.prompt = prompt
+    def __init__(self, tokenizer: Tokenizer, config: RollbackConfig) -> None:
         self.tokenizer = tokenizer
-        self.forced = forced
         self.config = config
-        self.window_frames = window_frames
-        self.device = device
         self.audio = np.zeros(0, dtype=np.float32)
         self.stepped = 0  # samples the last step covered
         self.chunk_id = 0  # steps done, as the official state counts them
         self.raw = ""  # the last output
         self.prefix = ""  # the text prefix of the next step (never shrinks)
-        self.windows: dict[int, Window] = {}
         # the stream's bookkeeping of this segment
         self.index = 0  # its number in the stream
         self.committed = False  # no more audio: its final step is next
@@ -113,6 +106,65 @@ class Segment:
         step = self.config.step_samples
         ready = (self.audio.size - self.stepped) // step
         return self.stepped + ready * step if ready else 0
+
+    def _prefix(self, final: bool) -> str:
+        if self.chunk_id < self.config.unfixed_chunks:
+            return ""
+        if not final:
+            return self.prefix
+        # the official finish rolls back without the split-character rule; never behind ours
+        cut = rollback(self.tokenizer, self.raw, self.config.unfixed_tokens, final=True)
+        return cut if len(cut) > len(self.prefix) else self.prefix
+
+    def result(self, plan: StepPlan, text: str) -> tuple[str, str, str]:
+        """A step's generated text -> (language, transcript, its stable part)."""
+        self.raw = plan.prefix + text
+        self.stepped = plan.upto
+        self.chunk_id += 1
+        language, transcript = self.parse(self.raw)
+        if self.chunk_id >= self.config.unfixed_chunks:
+            nxt = rollback(self.tokenizer, self.raw, self.config.unfixed_tokens)
+            if len(nxt) > len(self.prefix):  # never shrinks: what was fixed stays fixed
+                self.prefix = nxt
+        stable = self.stable_text(self.prefix)
+        return language, transcript, stable if transcript.startswith(stable) else ""
+
+    def parsed(self) -> tuple[str, str]:
+        return self.parse(self.raw)
+
+    def parse(self, raw: str) -> tuple[str, str]:
+        """An output (prefix + generated text) -> (language, transcript)."""
+        raise NotImplementedError
+
+    def stable_text(self, prefix: str) -> str:
+        """The transcript part of a rollback prefix (what the next step cannot change)."""
+        raise NotImplementedError
+
+
+class Segment(RollbackSegment):
+    """The open segment of one Qwen3-ASR stream: its audio, caches and text state."""
+
+    def __init__(
+        self,
+        prompt: Prompt,
+        tokenizer: Tokenizer,
+        forced: str | None,
+        config: RollbackConfig,
+        window_frames: int,
+        device: torch.device,
+    ) -> None:
+        super().__init__(tokenizer, config)
+        self.prompt = prompt
+        self.forced = forced
+        self.window_frames = window_frames
+        self.device = device
+        self.windows: dict[int, Window] = {}
+
+    def parse(self, raw: str) -> tuple[str, str]:
+        return parse_output(raw, self.forced)
+
+    def stable_text(self, prefix: str) -> str:
+        return text_of_prefix(prefix, self.forced)
 
     # ---- planning ----
 
@@ -158,15 +210,6 @@ class Segment:
     def features(self, raw: torch.Tensor, floor: float) -> torch.Tensor:
         return (torch.clamp(raw, min=floor) + 4.0) / 4.0
 
-    def _prefix(self, final: bool) -> str:
-        if self.chunk_id < self.config.unfixed_chunks:
-            return ""
-        if not final:
-            return self.prefix
-        # the official finish rolls back without the split-character rule; never behind ours
-        cut = rollback(self.tokenizer, self.raw, self.config.unfixed_tokens, final=True)
-        return cut if len(cut) > len(self.prefix) else self.prefix
-
     # ---- the request ----
 
     def request(
@@ -190,21 +233,3 @@ class Segment:
         n = at - self.prompt.audio_start()
         assert n == audio_tokens(plan.upto // HOP), (n, plan.upto)
         return self.prompt.ids(self.tokenizer, n, plan.prefix), embeds
-
-    # ---- results ----
-
-    def result(self, plan: StepPlan, text: str) -> tuple[str, str, str]:
-        """A step's generated text -> (language, transcript, its stable part)."""
-        self.raw = plan.prefix + text
-        self.stepped = plan.upto
-        self.chunk_id += 1
-        language, transcript = parse_output(self.raw, self.forced)
-        if self.chunk_id >= self.config.unfixed_chunks:
-            nxt = rollback(self.tokenizer, self.raw, self.config.unfixed_tokens)
-            if len(nxt) > len(self.prefix):  # never shrinks: what was fixed stays fixed
-                self.prefix = nxt
-        stable = text_of_prefix(self.prefix, self.forced)
-        return language, transcript, stable if transcript.startswith(stable) else ""
-
-    def parsed(self) -> tuple[str, str]:
-        return parse_output(self.raw, self.forced)

@@ -2115,3 +2115,436 @@ def fireredasr2_audio(name: str) -> np.ndarray:
     clips decode to exact int16 values, so x / 32768 gives back the float clip."""
     x = paraformer_audio(name).astype(np.float64) * 32768.0
     return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fun-ASR-Nano (FunASR)
+#
+# `build_fun_asr_nano` writes a tiny Fun-ASR-Nano folder in one of two layouts, holding the same
+# weights:
+# - "funasr": what FunAudioLLM/Fun-ASR-Nano-2512 ships for funasr's FunASRNano: config.yaml
+#   (model FunASRNano, audio_encoder SenseVoiceEncoderSmall, audio_adaptor Transformer with
+#   `use_low_frame_rate: true`, llm Qwen3-0.6b with `init_param_path: Qwen3-0.6B`, frontend
+#   WavFrontend without CMVN, tokenizer HuggingfaceTokenizer), configuration.json (its
+#   file_path_metas point funasr at model.pt, config.yaml and the Qwen3-0.6B/ folder), model.pt
+#   (funasr's key names: `audio_encoder.*`, `llm.model.*`, `llm.lm_head.weight` (tied, stored as
+#   funasr's state dict stores it), `audio_adaptor.*`) and Qwen3-0.6B/ (config.json,
+#   generation_config.json and the tokenizer files: the tiny Qwen3 tokenizer of
+#   tests/fixtures/qwen3 plus Qwen3's `<|object_ref_start|>`, the -hf audio placeholder);
+# - "hf": what transformers 5.x's native `FunAsrNanoForConditionalGeneration.save_pretrained`
+#   writes (the "-hf" checkpoints): a config.json with audio_config / adaptor_config /
+#   text_config, model.safetensors (`model.audio_tower.layers.N.*` with the fused q/k/v split,
+#   `model.multi_modal_projector.*`, `model.language_model.*`; lm_head tied, not stored),
+#   generation_config.json and the processor files of tests/fixtures/fun_asr_nano/hf/ (made by
+#   make_fun_asr_nano_golden_hf... see tests/fixtures/make_fun_asr_nano_golden.py).
+# tests/fixtures/make_fun_asr_nano_golden.py checks the funasr layout against funasr's classes
+# and records its outputs on `qwen3_asr_audio` clips.
+# ------------------------------------------------------------------------------------------------
+
+FUN_ASR_NANO_DIR = FIXTURES / "fun_asr_nano"
+FUN_ASR_NANO_HF_DIR = FUN_ASR_NANO_DIR / "hf"
+FUN_ASR_NANO_LLM_DIR = "Qwen3-0.6B"  # the LLM folder inside the model folder
+FUN_ASR_NANO_AUDIO_TOKEN = "<|object_ref_start|>"  # Qwen3's id 151646; the -hf audio placeholder
+FUN_ASR_NANO_HF_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "processor_config.json",
+)
+FUN_ASR_NANO_ENCODER_DIMS = {  # SenseVoiceEncoderSmall, shrunk (the release: 512, 4, 2048, 50, 20)
+    "output_size": 32,
+    "attention_heads": 2,
+    "linear_units": 64,
+    "num_blocks": 3,
+    "tp_blocks": 2,
+    "kernel_size": 11,
+}
+FUN_ASR_NANO_ADAPTOR_CONF = {  # the release: ffn_dim 2048, llm_dim 1024, encoder_dim 512
+    "downsample_rate": 1,
+    "use_low_frame_rate": True,
+    "ffn_dim": 64,
+    "llm_dim": QWEN3_DIMS["hidden_size"],
+    "encoder_dim": FUN_ASR_NANO_ENCODER_DIMS["output_size"],
+    "n_layer": 2,
+}
+FUN_ASR_NANO_ADAPTOR_HEADS = 8  # funasr's Transformer adaptor default (attention_heads)
+# Random weights: the encoder as SenseVoice's (SENSEVOICE_GAIN / sqrt(fan_in), BIAS_STD,
+# LayerNorm weights 1 +- NORM_NOISE_STD), the adaptor's matrices with FUN_ASR_NANO_ADAPTOR_GAIN;
+# the LLM as the tiny Qwen3's (tied), with the rows of byte fragments and control characters
+# scaled down (as for Qwen3-ASR), so that greedy output is mostly readable text.
+FUN_ASR_NANO_ADAPTOR_GAIN = 1.5
+FUN_ASR_NANO_FRAGMENT_ROW_SCALE = 0.6
+
+
+def fun_asr_nano_tokenizer_files(dest: Path) -> None:
+    """The tokenizer files of the Qwen3-0.6B/ folder: tests/fixtures/qwen3's tiny tokenizer with
+    `<|object_ref_start|>` added after its tokens (special, as in Qwen3)."""
+    tok = json.loads((QWEN3_TOKENIZER_DIR / "tokenizer.json").read_text(encoding="utf-8"))
+    new_id = max(t["id"] for t in tok["added_tokens"]) + 1
+    entry = {
+        "id": new_id,
+        "content": FUN_ASR_NANO_AUDIO_TOKEN,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+    }
+    tok["added_tokens"].append(entry)
+    (dest / "tokenizer.json").write_text(
+        json.dumps(tok, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
+    config = json.loads((QWEN3_TOKENIZER_DIR / "tokenizer_config.json").read_text("utf-8"))
+    config["added_tokens_decoder"][str(new_id)] = {
+        k: v for k, v in entry.items() if k not in ("id",)
+    }
+    (dest / "tokenizer_config.json").write_text(
+        json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(QWEN3_TOKENIZER_DIR / name, dest / name)
+
+
+def fun_asr_nano_token_ids() -> dict[str, int]:
+    """Ids of the added tokens of the Fun-ASR-Nano tokenizer (the tiny Qwen3's plus one)."""
+    config = json.loads((QWEN3_TOKENIZER_DIR / "tokenizer_config.json").read_text("utf-8"))
+    ids = {v["content"]: int(k) for k, v in config["added_tokens_decoder"].items()}
+    return ids | {FUN_ASR_NANO_AUDIO_TOKEN: max(ids.values()) + 1}
+
+
+def fun_asr_nano_vocab_size() -> int:
+    return max(fun_asr_nano_token_ids().values()) + 1
+
+
+def fun_asr_nano_config() -> dict[str, object]:
+    """config.yaml of the tiny model, in the released file's layout (dimensions shrunk)."""
+    enc = FUN_ASR_NANO_ENCODER_DIMS
+    return {
+        "model": "FunASRNano",
+        "model_conf": {"lsm_weight": 0.1, "length_normalized_loss": True},
+        "audio_encoder": "SenseVoiceEncoderSmall",
+        "audio_encoder_conf": {
+            **enc,
+            "dropout_rate": 0.1,
+            "positional_dropout_rate": 0.1,
+            "attention_dropout_rate": 0.1,
+            "input_layer": "pe",
+            "pos_enc_class": "SinusoidalPositionEncoder",
+            "normalize_before": True,
+            "sanm_shfit": 0,
+            "selfattention_layer_type": "sanm",
+            "freeze": True,
+        },
+        "llm": "Qwen3-0.6b",
+        "llm_conf": {
+            "hub": "hf",
+            "freeze": True,
+            "llm_dtype": "fp32",  # the release says bf16; parity runs in float32
+            "init_param_path": FUN_ASR_NANO_LLM_DIR,
+            "use_lora": False,
+        },
+        "audio_adaptor": "Transformer",
+        "audio_adaptor_conf": FUN_ASR_NANO_ADAPTOR_CONF,
+        "frontend": "WavFrontend",
+        "frontend_conf": {
+            "fs": 16000,
+            "window": "hamming",
+            "n_mels": PARAFORMER_N_MELS,
+            "frame_length": 25,
+            "frame_shift": 10,
+            "lfr_m": PARAFORMER_LFR_M,
+            "lfr_n": PARAFORMER_LFR_N,
+            "cmvn_file": None,
+            "dither": 0.0,  # funasr's default is 1.0 (random): parity needs 0
+        },
+        "tokenizer": "HuggingfaceTokenizer",
+        "tokenizer_conf": {"init_param_path": FUN_ASR_NANO_LLM_DIR},
+    }
+
+
+def fun_asr_nano_configuration_json() -> dict[str, object]:
+    """configuration.json: file_path_metas that resolve the model, the config and the LLM
+    folder (funasr joins them to the model folder)."""
+    return {
+        "framework": "pytorch",
+        "task": "auto-speech-recognition",
+        "model": {"type": "funasr"},
+        "pipeline": {"type": "funasr-pipeline"},
+        "model_name_in_hub": {"ms": "", "hf": ""},
+        "file_path_metas": {
+            "init_param": "model.pt",
+            "config": "config.yaml",
+            "tokenizer_conf": {"init_param_path": FUN_ASR_NANO_LLM_DIR},
+            "llm_conf": {"init_param_path": FUN_ASR_NANO_LLM_DIR},
+        },
+    }
+
+
+def _transformer_adaptor_shapes(p: str) -> dict[str, tuple[int, ...]]:
+    """funasr's llm_asr Transformer adaptor: linear1, linear2, then EncoderLayers (8-head
+    MultiHeadedAttention, FFN llm_dim -> llm_dim // 4 -> llm_dim)."""
+    a = FUN_ASR_NANO_ADAPTOR_CONF
+    e, f, d = a["encoder_dim"] * a["downsample_rate"], a["ffn_dim"], a["llm_dim"]
+    shapes: dict[str, tuple[int, ...]] = {
+        p + "linear1.weight": (f, e),
+        p + "linear1.bias": (f,),
+        p + "linear2.weight": (d, f),
+        p + "linear2.bias": (d,),
+    }
+    for i in range(a["n_layer"]):
+        b = f"{p}blocks.{i}."
+        for proj in ("linear_q", "linear_k", "linear_v", "linear_out"):
+            shapes |= {b + f"self_attn.{proj}.weight": (d, d), b + f"self_attn.{proj}.bias": (d,)}
+        shapes |= {
+            b + "feed_forward.w_1.weight": (d // 4, d),
+            b + "feed_forward.w_1.bias": (d // 4,),
+            b + "feed_forward.w_2.weight": (d, d // 4),
+            b + "feed_forward.w_2.bias": (d,),
+            b + "norm1.weight": (d,),
+            b + "norm1.bias": (d,),
+            b + "norm2.weight": (d,),
+            b + "norm2.bias": (d,),
+        }
+    return shapes
+
+
+def fun_asr_nano_weight_shapes(vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """funasr's key names and shapes, in FunASRNano's state-dict order: audio_encoder, llm
+    (llm.lm_head.weight last: tied, the embedding's values), audio_adaptor."""
+    enc = FUN_ASR_NANO_ENCODER_DIMS
+    d, k, ffn = enc["output_size"], enc["kernel_size"], enc["linear_units"]
+    p = "audio_encoder."
+    shapes = _sanm_encoder_layer_shapes(p + "encoders0.0.", PARAFORMER_FEAT_DIM, d, ffn, k)
+    for i in range(enc["num_blocks"] - 1):
+        shapes |= _sanm_encoder_layer_shapes(f"{p}encoders.{i}.", d, d, ffn, k)
+    for i in range(enc["tp_blocks"]):
+        shapes |= _sanm_encoder_layer_shapes(f"{p}tp_encoders.{i}.", d, d, ffn, k)
+    for norm in ("after_norm", "tp_norm"):
+        shapes |= {f"{p}{norm}.weight": (d,), f"{p}{norm}.bias": (d,)}
+    llm = qwen3_weight_shapes_for(QWEN3_DIMS, vocab_size, tie=False)
+    shapes |= {"llm." + name: shape for name, shape in llm.items()}
+    return shapes | _transformer_adaptor_shapes("audio_adaptor.")
+
+
+def _fun_asr_nano_value(name: str, shape: tuple[int, ...], noise: np.ndarray) -> np.ndarray:
+    if name.startswith("llm."):
+        if len(shape) == 1:
+            return 1.0 + NORM_NOISE_STD * noise
+        return (EMBED_STD if name.endswith("embed_tokens.weight") else MATRIX_STD) * noise
+    if name.endswith(".bias"):
+        return BIAS_STD * noise
+    if len(shape) == 1:  # LayerNorm weights
+        return 1.0 + NORM_NOISE_STD * noise
+    fan_in = float(np.prod(shape[1:]))
+    gain = FUN_ASR_NANO_ADAPTOR_GAIN if name.startswith("audio_adaptor.") else SENSEVOICE_GAIN
+    return gain / np.sqrt(fan_in) * noise
+
+
+def fun_asr_nano_random_weights(seed: int) -> dict[str, np.ndarray]:
+    """Float32 weights from RandomState(seed), drawn in state-dict order (the tied lm_head is
+    not drawn: it is the embedding); fragment rows of the embedding scaled down."""
+    rng = np.random.RandomState(seed)
+    out = {}
+    for name, shape in fun_asr_nano_weight_shapes(fun_asr_nano_vocab_size()).items():
+        if name == "llm.lm_head.weight":
+            out[name] = None  # filled below, keeping the state-dict order
+            continue
+        out[name] = _fun_asr_nano_value(name, shape, rng.standard_normal(shape)).astype(np.float32)
+    embed = out["llm.model.embed_tokens.weight"]
+    embed[qwen3_asr_fragment_ids(QWEN3_TOKENIZER_DIR)] *= np.float32(
+        FUN_ASR_NANO_FRAGMENT_ROW_SCALE
+    )
+    out["llm.lm_head.weight"] = embed
+    return out
+
+
+def fun_asr_nano_llm_config(vocab_size: int, ids: dict[str, int]) -> dict[str, object]:
+    """Qwen3-0.6B/config.json: the tiny Qwen3's, tied as Qwen3-0.6B is; EOS <|im_end|>."""
+    return qwen3_config(vocab_size, ids["<|endoftext|>"], ids["<|im_end|>"], tie=True)
+
+
+def save_fun_asr_nano_state_dict(path: Path, weights: dict[str, np.ndarray]) -> None:
+    """model.pt as funasr saves a FunASRNano state dict: the tied lm_head shares the
+    embedding's storage."""
+    import torch
+
+    state = {}
+    for name, w in weights.items():
+        if name == "llm.lm_head.weight":
+            state[name] = state["llm.model.embed_tokens.weight"]
+        else:
+            state[name] = torch.from_numpy(w)
+    torch.save(state, str(path))
+
+
+# funasr key -> hf key, for the encoder: layer index i of `model.audio_tower.layers`
+_FUN_ASR_NANO_HF_PARTS = (
+    ("self_attn.linear_out.", "self_attn.o_proj."),
+    ("self_attn.fsmn_block.", "self_attn.fsmn.conv."),
+    ("feed_forward.w_1.", "mlp.fc1."),
+    ("feed_forward.w_2.", "mlp.fc2."),
+    ("self_attn.linear_q.", "self_attn.q_proj."),
+    ("self_attn.linear_k.", "self_attn.k_proj."),
+    ("self_attn.linear_v.", "self_attn.v_proj."),
+    ("norm1.", "input_layernorm."),
+    ("norm2.", "post_attention_layernorm."),
+)
+
+
+def _hf_part(rest: str) -> str:
+    for old, new in _FUN_ASR_NANO_HF_PARTS:
+        if rest.startswith(old):
+            return new + rest[len(old) :]
+    raise KeyError(rest)
+
+
+def fun_asr_nano_hf_weights(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The "hf" layout's tensors of funasr-layout weights (transformers 5.x's names): the fused
+    q/k/v of a SAN-M layer split in three, after_norm / tp_norm as the final_layernorm of the
+    last transcription / timestamp layer, the tied lm_head dropped."""
+    enc = FUN_ASR_NANO_ENCODER_DIMS
+    blocks, tp = enc["num_blocks"], enc["tp_blocks"]
+    out: dict[str, np.ndarray] = {}
+    for name, w in weights.items():
+        if name == "llm.lm_head.weight":
+            continue
+        if name.startswith("llm.model."):
+            out["model.language_model." + name[len("llm.model.") :]] = w
+            continue
+        if name.startswith("audio_adaptor."):
+            rest = name[len("audio_adaptor.") :]
+            p = "model.multi_modal_projector."
+            if rest.startswith("linear1."):
+                out[p + "linear_1." + rest[len("linear1.") :]] = w
+            elif rest.startswith("linear2."):
+                out[p + "linear_2." + rest[len("linear2.") :]] = w
+            else:
+                _, i, part = rest.split(".", 2)
+                out[f"{p}layers.{i}.{_hf_part(part)}"] = w
+            continue
+        rest = name[len("audio_encoder.") :]
+        p = "model.audio_tower.layers."
+        if rest.startswith("after_norm."):
+            out[f"{p}{blocks - 1}.final_layernorm.{rest.split('.')[-1]}"] = w
+            continue
+        if rest.startswith("tp_norm."):
+            out[f"{p}{blocks + tp - 1}.final_layernorm.{rest.split('.')[-1]}"] = w
+            continue
+        group, i, part = rest.split(".", 2)
+        layer = {"encoders0": 0, "encoders": 1 + int(i), "tp_encoders": blocks + int(i)}[group]
+        if part.startswith("self_attn.linear_q_k_v."):
+            kind = part.split(".")[-1]
+            for proj, piece in zip(("q_proj", "k_proj", "v_proj"), np.split(w, 3), strict=True):
+                out[f"{p}{layer}.self_attn.{proj}.{kind}"] = np.ascontiguousarray(piece)
+            continue
+        out[f"{p}{layer}.{_hf_part(part)}"] = w
+    return out
+
+
+def fun_asr_nano_hf_config(vocab_size: int, ids: dict[str, int]) -> dict[str, object]:
+    """config.json of the "hf" layout, as transformers 5.x's FunAsrNanoConfig saves it."""
+    enc, a, t = FUN_ASR_NANO_ENCODER_DIMS, FUN_ASR_NANO_ADAPTOR_CONF, QWEN3_DIMS
+    audio = {
+        "attention_dropout": 0.1,
+        "fsmn_kernel_size": enc["kernel_size"],
+        "hidden_act": "relu",
+        "hidden_dropout": 0.1,
+        "hidden_size": enc["output_size"],
+        "intermediate_size": enc["linear_units"],
+        "layer_norm_eps": 1e-5,
+        "max_position_embeddings": 2049,
+        "model_type": "fun_asr_nano_encoder",
+        "num_attention_heads": enc["attention_heads"],
+        "num_hidden_layers": enc["num_blocks"] + enc["tp_blocks"],
+        "num_mel_bins": PARAFORMER_N_MELS,
+        "num_stacked_frames": PARAFORMER_LFR_M,
+        "num_timestamp_prediction_layers": enc["tp_blocks"],
+    }
+    adaptor = {
+        "attention_dropout": 0.0,
+        "hidden_act": "relu",
+        "hidden_dropout": 0.0,
+        "hidden_size": a["llm_dim"],
+        "intermediate_size": a["llm_dim"] // 4,
+        "layer_norm_eps": 1e-12,  # funasr's adaptor LayerNorm
+        "model_type": "",  # FunAsrNanoAdaptorConfig has none
+        "num_attention_heads": FUN_ASR_NANO_ADAPTOR_HEADS,
+        "num_hidden_layers": a["n_layer"],
+        "projector_hidden_act": "relu",
+        "projector_hidden_size": a["ffn_dim"],
+    }
+    text = {
+        **t,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "layer_types": ["full_attention"] * t["num_hidden_layers"],
+        "max_position_embeddings": 512,
+        "max_window_layers": t["num_hidden_layers"],
+        "model_type": "qwen3",
+        "pad_token_id": None,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        "sliding_window": None,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": vocab_size,
+    }
+    return {
+        "adaptor_config": adaptor,
+        "architectures": ["FunAsrNanoForConditionalGeneration"],
+        "audio_config": audio,
+        "audio_token_id": ids[FUN_ASR_NANO_AUDIO_TOKEN],
+        "dtype": "float32",
+        "initializer_range": 0.02,
+        "model_type": "fun_asr_nano",
+        "text_config": text,
+        "tie_word_embeddings": True,
+        "transformers_version": "5.24.0",
+    }
+
+
+def fun_asr_nano_hf_generation_config(ids: dict[str, int]) -> dict[str, object]:
+    """generation_config.json of the "hf" layout: greedy, EOS <|im_end|> (Qwen3-0.6B's)."""
+    return {
+        "do_sample": False,
+        "eos_token_id": [ids["<|im_end|>"]],
+        "max_new_tokens": 512,
+        "pad_token_id": ids["<|endoftext|>"],
+        "transformers_version": "5.24.0",
+    }
+
+
+def build_fun_asr_nano(path: Path, *, seed: int = 0, layout: str = "funasr") -> Path:
+    """Writes a complete tiny Fun-ASR-Nano folder at `path` and returns `path`."""
+    if layout not in ("funasr", "hf"):
+        raise ValueError(f"layout must be 'funasr' or 'hf', not {layout!r}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    ids, vocab = fun_asr_nano_token_ids(), fun_asr_nano_vocab_size()
+    weights = fun_asr_nano_random_weights(seed)
+    if layout == "hf":
+        for name in FUN_ASR_NANO_HF_FILES:
+            shutil.copyfile(FUN_ASR_NANO_HF_DIR / name, path / name)
+        _write_json(path / "config.json", fun_asr_nano_hf_config(vocab, ids))
+        _write_json(path / "generation_config.json", fun_asr_nano_hf_generation_config(ids))
+        save_safetensors(path, fun_asr_nano_hf_weights(weights))
+        return path
+    config = fun_asr_nano_config()
+    (path / "config.yaml").write_text(paraformer_config_yaml(config), encoding="utf-8")
+    _write_json(path / "configuration.json", fun_asr_nano_configuration_json())
+    llm = path / FUN_ASR_NANO_LLM_DIR
+    llm.mkdir(exist_ok=True)
+    fun_asr_nano_tokenizer_files(llm)
+    _write_json(llm / "config.json", fun_asr_nano_llm_config(vocab, ids))
+    eos = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    _write_json(
+        llm / "generation_config.json",
+        qwen3_generation_config(ids["<|endoftext|>"], eos, ids["<|endoftext|>"]),
+    )
+    save_fun_asr_nano_state_dict(path / "model.pt", weights)
+    return path

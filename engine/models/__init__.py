@@ -55,6 +55,12 @@ def _load_sensevoice(path: Path, name: str, rollback: Any = None, **options: Any
     return load_sensevoice(path, name, **options)
 
 
+def _load_fun_asr_nano(path: Path, name: str, **options: Any) -> Any:
+    from engine.fun_asr_nano_asr import load_fun_asr_nano
+
+    return load_fun_asr_nano(path, name, **options)
+
+
 def _is_fireredasr2(path: Path) -> bool:
     from engine.fireredasr2_asr import is_fireredasr2
 
@@ -76,5 +82,10 @@ FAMILIES: list[Family] = [
         _load_paraformer,
     ),
     Family("sensevoice", lambda p: config_yaml_model(p) == "SenseVoiceSmall", _load_sensevoice),
+    Family(
+        "fun_asr_nano",
+        lambda p: config_yaml_model(p) == "FunASRNano" or model_type(p) == "fun_asr_nano",
+        _load_fun_asr_nano,
+    ),
     Family("fireredasr2", _is_fireredasr2, _load_fireredasr2),
 ]
