@@ -22,7 +22,8 @@ the utterance: the utterance's last result, or an empty one when it has none lef
 
 Our additions, which FunASR clients never send or can ignore: `error {code, message}` on a
 result-shaped message (FunASR has no error message); `warning {code, message}` on the first
-result after hotwords the model cannot use; config keys `vad` (server VAD knobs, or null for
+result after hotwords the model cannot use (a model that reads hotwords, such as Fun-ASR-Nano,
+gets them as its stream prompt); config keys `vad` (server VAD knobs, or null for
 client-side segmentation) and `lag_reports` (lag as result-shaped messages with `lag`); the
 `?model=` query parameter. See docs/protocol.md.
 """
@@ -368,13 +369,21 @@ class FunasrConnection(Connection):
                 self.model.validate(StreamOptions(new.language))
             except ValueError as e:
                 raise invalid("svs_lang", str(e)) from None
-        if self.session is not None and (new.vad, new.language) != (old.vad, old.language):
+        if self.session is not None and (
+            new.vad != old.vad or self.options(new) != self.options(old)
+        ):
             settings = self.session.settings
-            self.session.update(replace(settings, vad=new.vad, options=StreamOptions(new.language)))
-        if "hotwords" in msg and new.hotwords:
+            self.session.update(replace(settings, vad=new.vad, options=self.options(new)))
+        if "hotwords" in msg and new.hotwords and not getattr(self.model, "hotwords", False):
             self._warning = hotwords_warning(self.model.name, new.hotwords)
         self.config = new
         self._unconfigured_audio = False
+
+    def options(self, config: FunasrConfig) -> StreamOptions:
+        """The stream options of a config: hotwords become the prompt of a model that reads
+        them (its `hotwords` attribute), as a comma-separated list."""
+        hotwords = getattr(self.model, "hotwords", False) and ", ".join(config.hotwords)
+        return StreamOptions(config.language, hotwords or None, config.itn)
 
     async def on_audio(self, data: bytes) -> None:
         if self._broken or self._unconfigured_audio:
@@ -426,7 +435,7 @@ class FunasrConnection(Connection):
             model=self.model,
             input=InputFormat(codec, self.config.audio_fs if codec == "pcm16" else None),
             vad=self.config.vad,
-            options=StreamOptions(self.config.language, use_itn=self.config.itn),
+            options=self.options(self.config),
         )
         limits, metrics = self.server.config.limits, self.server.metrics
         self.session = TranscriptionSession(settings, limits, metrics, self.on_session_event)
