@@ -133,3 +133,65 @@ def test_cli_parses_bench_asr():
     assert a.workload == "asr" and a.workloads == ("steps", "wire") and a.streams == (2, 4)
     default = parser().parse_args(["bench", "asr"])
     assert default.workloads == asr.DEFAULT_WORKLOADS and default.shape == "qwen3-asr-0.6b"
+
+
+# ---- Fun-ASR-Nano ----
+
+
+@pytest.fixture(scope="module")
+def nano_system(tmp_path_factory):
+    from tests.tiny_models import build_fun_asr_nano
+
+    folder = build_fun_asr_nano(tmp_path_factory.mktemp("nano") / "tiny", seed=11)
+    s = asr.load_system(bench(shape=None, model=folder, header_tokens=0))
+    yield s
+    s.close()
+
+
+def test_fun_asr_nano_steps_and_offline(nano_system, signal):
+    """A Fun-ASR-Nano folder runs the same workloads: every step re-encodes the segment (its
+    LFR frames), splices fake_token_len of them, and the prefix cache serves the prompt head."""
+    from engine.models.fun_asr_nano import fake_token_len
+
+    assert find_family(nano_system.source).name == "fun_asr_nano"
+    b = bench(shape=None, model=nano_system.source, header_tokens=0, segment_seconds=8.0)
+    summary, rerun = asyncio.run(asr.steps(nano_system, b, signal))
+    rows = summary["all"]
+    assert [r["at_s"] for r in rows] == [2.0, 4.0, 6.0, 8.0]
+    assert [r["generated_tokens"] for r in rows] == [8, 16, 5 + 8, 5 + 8]
+    for r in rows:
+        frames = (int(r["at_s"] * 16000) - 400) // 160 + 1  # 25 ms frames every 10 ms
+        assert r["encoder_tokens"] == -(-frames // 6)  # LFR: one per 6, all of them again
+        assert r["audio_tokens"] == fake_token_len(r["encoder_tokens"])
+    for r in rows[1:]:  # the first step filled the prefix cache
+        assert r["prefill_tokens"] < r["prompt_tokens"] - 20  # system turn and instruction
+    assert rerun[0]["upto"] == 32000 and rerun[0]["new_tokens"] == 8
+    row = asyncio.run(
+        asr.offline(nano_system, bench(concurrency=3, clip_seconds=3.0), signal, [0, 100, 200])
+    )
+    assert row["concurrency"] == 3 and row["audio_s_per_s"] > 0
+
+
+def test_fun_asr_nano_shape_writer(tmp_path):
+    """The released-shape writer, shrunk: a folder both our loader and its family detection
+    take, with the released config.yaml's layout."""
+    import copy
+
+    from engine.bench import fun_asr_nano
+    from engine.fun_asr_nano_asr import build_fun_asr_nano
+
+    config = copy.deepcopy(fun_asr_nano.RELEASED_CONFIG)
+    config["audio_encoder_conf"] |= {"output_size": 16, "linear_units": 32, "num_blocks": 2}
+    config["audio_encoder_conf"] |= {"tp_blocks": 1, "attention_heads": 2}
+    config["audio_adaptor_conf"] |= {"ffn_dim": 32, "llm_dim": 32, "encoder_dim": 16}
+    llm = fun_asr_nano.QWEN3_0_6B | {
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 300,
+    }  # fmt: skip
+    folder = fun_asr_nano.write_released_shape(tmp_path / "nano", 0, config, llm)
+    assert find_family(folder).name == "fun_asr_nano"
+    model, tok, _, _ = build_fun_asr_nano(folder, EngineConfig(device="cpu", dtype=torch.float32))
+    assert model.config.low_frame_rate and model.config.adaptor.llm_dim == 32
+    assert tok.encode("<|im_end|>") == [synthetic.token_ids()["<|im_end|>"]]
+    embed = model.llm.model.embed_tokens.weight
+    assert embed.abs().sum(1).nonzero().flatten().tolist() == synthetic.TEXT_BYTES

@@ -1,5 +1,11 @@
 """`rtserve bench asr`: Qwen3-ASR streaming on the engine, against the official re-feed loop.
 
+`--model` may also be a Fun-ASR-Nano folder (engine/bench/fun_asr_nano.py, which also writes
+one in the released shape): the same workloads on its rollback worker, and as the baseline
+funasr's FunASRNano (`bench/fun_asr_nano_baseline.py`, the same request file). Its steps
+re-encode the whole segment (encoder_tokens are LFR frames) and its output has no header: run
+it with `--header-tokens 0`.
+
 Workloads (`--workloads`, default all but wire):
 - steps: one stream, one long segment fed 2 s at a time; for the steps at `positions` seconds:
   audio tokens encoded, prompt tokens computed (the rest came from the prefix cache), prompt
@@ -74,9 +80,10 @@ import torch
 
 from engine.asr import AsrHandle, AsrModel, AsrWorker, build_qwen3_asr
 from engine.asr_prompt import AUDIO_PAD
-from engine.bench import report, synthetic
+from engine.bench import fun_asr_nano, report, synthetic
 from engine.config import EngineConfig
 from engine.engine import Engine
+from engine.models.fun_asr_nano import FunASRNanoConfig
 from engine.rollback import RollbackConfig, StepPlan
 from engine.runtime import Runtime
 from engine.sampling import SamplingParams
@@ -90,6 +97,7 @@ WORKLOADS = ("steps", "capacity", "offline", "wire", "baseline")
 DEFAULT_WORKLOADS = ("steps", "capacity", "offline", "baseline")
 REPO = Path(__file__).resolve().parents[2]
 BASELINE_SCRIPT = REPO / "bench" / "qwen_asr_baseline.py"
+NANO_BASELINE_SCRIPT = REPO / "bench" / "fun_asr_nano_baseline.py"  # funasr's FunASRNano
 LOADGEN_SCRIPT = REPO / "bench" / "loadgen.py"
 DEFAULT_BASELINE_PYTHON = str(REPO / ".venv-ref" / "bin" / "python")
 STEP_TIMEOUT_S = 600.0  # one step of the steps workload, on the slowest device
@@ -142,9 +150,12 @@ def fixed_length_model(
 
 def load_fixed(
     path: Path, name: str, lengths: OutputLengths, runtime: Runtime, mode: str, **overrides
-) -> AsrModel:
-    """A checkpoint folder as `load_qwen3_asr` loads it, on a FixedLengthWorker."""
+) -> Any:
+    """A checkpoint folder as `load_qwen3_asr` (or `load_fun_asr_nano`) loads it, on fixed
+    output lengths."""
     config = EngineConfig.for_mode(mode, **overrides)
+    if fun_asr_nano.is_fun_asr_nano(Path(path)):
+        return fun_asr_nano.load_fixed(Path(path), name, lengths, runtime, config)
     model, tokenizer = build_qwen3_asr(Path(path), config)
     return fixed_length_model(model, tokenizer, config, lengths, runtime, name)
 
@@ -240,6 +251,9 @@ def load_system(b: AsrBench) -> System:
         b.performance_mode, device=b.device, dtype=dtype, attention_backend=b.attention_backend
     )
     runtime = Runtime(name="bench-asr")
+    if b.model is not None and fun_asr_nano.is_fun_asr_nano(b.model):
+        served = fun_asr_nano.load_fixed(b.model, "bench", b.lengths, runtime, config)
+        return System(served, runtime, {}, b.model)
     if b.model is not None:
         model, tokenizer = build_qwen3_asr(b.model, config)
         config_json = json.loads((b.model / "config.json").read_text())
@@ -301,7 +315,7 @@ def run(b: AsrBench) -> dict[str, Any]:
         finally:
             system.close()  # the subprocesses below need the device memory
         if "baseline" in workloads:
-            progress.tick("baseline (qwen-asr, subprocess)")
+            progress.tick("baseline (subprocess)")
             result["baseline"] = _subprocess(run_baseline, b, checkpoint, signal, plan, Path(tmp))
             if "steps" in result["baseline"]:
                 ours = result["steps"]["first_step_ids"]
@@ -422,8 +436,7 @@ async def steps(
         handle.cancel()
         worker.trace = None
     await _idle(worker)
-    pad = worker.tokenizer.token_to_id(AUDIO_PAD)
-    all_steps = [_step_row(t, wall, pad, worker) for t, wall in zip(trace, walls, strict=True)]
+    all_steps = [_step_row(t, wall, worker) for t, wall in zip(trace, walls, strict=True)]
     at = {p: all_steps[int(p * SAMPLE_RATE) // STEP - 1] for p in b.step_positions()}
     summary = {
         "segment_seconds": n / SAMPLE_RATE,
@@ -436,8 +449,17 @@ async def steps(
     return summary, rerun
 
 
-def _step_row(t, wall: float, pad: int, worker: AsrWorker) -> dict[str, Any]:
-    audio = t.prompt_ids.count(pad)
+def _audio_tokens(t, worker: AsrWorker) -> int:
+    """The audio rows of a step's prompt (Fun-ASR-Nano's trace counts LFR frames encoded:
+    its config says how many rows they make)."""
+    cfg = worker.model.config
+    if isinstance(cfg, FunASRNanoConfig):
+        return cfg.audio_tokens(t.encoder_tokens)
+    return t.prompt_ids.count(worker.tokenizer.token_to_id(AUDIO_PAD))
+
+
+def _step_row(t, wall: float, worker: AsrWorker) -> dict[str, Any]:
+    audio = _audio_tokens(t, worker)
     return {
         "at_s": t.upto / SAMPLE_RATE,
         "encoder_tokens": t.encoder_tokens,
@@ -676,12 +698,17 @@ def run_baseline(
     }
     path = tmp / "baseline-request.json"
     path.write_text(json.dumps(request))
-    return run_baseline_request(b.baseline_python, path, b.baseline_timeout)
+    nano = fun_asr_nano.is_fun_asr_nano(checkpoint)
+    script = NANO_BASELINE_SCRIPT if nano else BASELINE_SCRIPT
+    return run_baseline_request(b.baseline_python, path, b.baseline_timeout, script)
 
 
-def run_baseline_request(python: str, request: Path, timeout: float) -> dict[str, Any]:
-    """Runs bench/qwen_asr_baseline.py on a request file; its JSON answer."""
-    cmd = [python, str(BASELINE_SCRIPT), str(request)]
+def run_baseline_request(
+    python: str, request: Path, timeout: float, script: Path = BASELINE_SCRIPT
+) -> dict[str, Any]:
+    """Runs a baseline script (bench/qwen_asr_baseline.py, bench/fun_asr_nano_baseline.py) on
+    a request file; its JSON answer."""
+    cmd = [python, str(script), str(request)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
@@ -822,7 +849,7 @@ def summarize(result: dict[str, Any], out: Path, name: str) -> str:
         n = result["capacity_max_streams_p95_under_300ms"]
         parts.append(f"capacity: largest N with p95 partial latency < 300 ms: {n}")
     if "first_step_ids_equal" in result:
-        parts.append(f"first step ids equal to qwen-asr's: {result['first_step_ids_equal']}")
+        parts.append(f"first step ids equal to the baseline's: {result['first_step_ids_equal']}")
     for workload in ("baseline", "wire"):
         if "error" in result.get(workload, {}):
             parts.append(f"{workload} failed: {result[workload]['error']}")
