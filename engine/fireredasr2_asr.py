@@ -119,15 +119,22 @@ def load_fireredasr2(
     dtype: torch.dtype | None = None,
     step_seconds: float | None = 2.0,
     beam: BeamSettings | None = None,
-    max_segment_seconds: float = AED_MAX_SEGMENT_SECONDS,
+    max_segment_seconds: float | None = None,
     **_: Any,
 ) -> FireRedServed:
-    """The served AED on the segment policy, float32 unless told otherwise."""
+    """The served AED on the segment policy, float32 unless told otherwise; an LLM-variant
+    folder (asr_encoder.pth.tar) loads as engine/fireredasr2_llm_asr.py's model."""
     if is_llm_variant(path):
-        raise ValueError(f"{path}: the FireRedASR2-LLM variant is not supported yet")
+        from engine.fireredasr2_llm_asr import load_fireredasr2_llm
+
+        options = {"performance_mode": performance_mode, "runtime": runtime, "device": device}
+        options |= {"dtype": dtype, "step_seconds": step_seconds, **_}
+        if max_segment_seconds:
+            options["max_segment_seconds"] = max_segment_seconds
+        return load_fireredasr2_llm(path, name, **options)  # type: ignore[return-value]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokens, frontend = build_fireredasr2(path, device, dtype or torch.float32)
     worker = FireRedWorker(model, tokens, frontend, step_seconds, beam)
     worker.runtime = runtime or Runtime(name=f"asr-{name}")
     worker.runtime.add(worker)
-    return FireRedServed(name, worker, max_segment_seconds)
+    return FireRedServed(name, worker, max_segment_seconds or AED_MAX_SEGMENT_SECONDS)

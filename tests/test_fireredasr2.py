@@ -280,7 +280,7 @@ def test_loader(folder, tmp_path):
     llm = tmp_path / "llm"
     shutil.copytree(folder, llm)
     shutil.copy(folder / "model.pth.tar", llm / "asr_encoder.pth.tar")
-    with pytest.raises(ModelLoadError, match="LLM variant"):
+    with pytest.raises(ModelLoadError, match="Qwen2-7B-Instruct/config.json"):
         load(ModelSpec(str(llm)), device="cpu")
     model, _, _ = build_fireredasr2(folder)
     state = {k: v for k, v in torch.load(folder / "model.pth.tar", weights_only=False)[

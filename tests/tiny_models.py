@@ -1517,6 +1517,9 @@ FIREREDASR2_LORA_MODULES = [
     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
 ]  # fmt: skip
 FIREREDASR2_LLM_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2's vocabulary has "assistant" as one token, which the package looks up when it builds a
+# prompt; the tiny BPE has no such merge, so it is an added (non-special) token here.
+FIREREDASR2_LLM_WORDS = ["assistant"]
 FIREREDASR2_SPEECH_TOKEN = "<speech>"
 FIREREDASR2_CMVN_FRAMES = 1_234_567.0
 
@@ -1943,7 +1946,7 @@ def fireredasr2_qwen2_token_ids() -> dict[str, int]:
     """Ids of Qwen2's special tokens after the BPE vocabulary, and of `<speech>`, which the
     package adds when it loads the tokenizer (the next id)."""
     first = len(json.loads((QWEN3_TOKENIZER_DIR / "vocab.json").read_text(encoding="utf-8")))
-    names = [*FIREREDASR2_LLM_SPECIALS, FIREREDASR2_SPEECH_TOKEN]
+    names = [*FIREREDASR2_LLM_SPECIALS, *FIREREDASR2_LLM_WORDS, FIREREDASR2_SPEECH_TOKEN]
     return {name: first + i for i, name in enumerate(names)}
 
 
@@ -1957,18 +1960,20 @@ QWEN2_CHAT_TEMPLATE = (
 
 def _qwen2_added_token(id_: int, content: str) -> dict[str, object]:
     return {"id": id_, "content": content, "single_word": False, "lstrip": False,
-            "rstrip": False, "normalized": False, "special": True}  # fmt: skip
+            "rstrip": False, "normalized": False,
+            "special": content not in FIREREDASR2_LLM_WORDS}  # fmt: skip
 
 
 def fireredasr2_qwen2_tokenizer_files() -> dict[str, str]:
     """Qwen2-7B-Instruct's tokenizer files for the tiny BPE: tokenizer.json (the qwen3
-    fixture's, with Qwen2's three special tokens), vocab.json, merges.txt and
+    fixture's, with Qwen2's three special tokens and "assistant"), vocab.json, merges.txt and
     tokenizer_config.json (Qwen2-7B-Instruct's fields and chat template)."""
     ids = fireredasr2_qwen2_token_ids()
     doc = json.loads((QWEN3_TOKENIZER_DIR / "tokenizer.json").read_text(encoding="utf-8"))
-    doc["added_tokens"] = [_qwen2_added_token(ids[t], t) for t in FIREREDASR2_LLM_SPECIALS]
+    added = [*FIREREDASR2_LLM_SPECIALS, *FIREREDASR2_LLM_WORDS]
+    doc["added_tokens"] = [_qwen2_added_token(ids[t], t) for t in added]
     decoder = {str(ids[t]): {k: v for k, v in _qwen2_added_token(ids[t], t).items() if k != "id"}
-               for t in FIREREDASR2_LLM_SPECIALS}  # fmt: skip
+               for t in added}  # fmt: skip
     config = {
         "add_prefix_space": False,
         "added_tokens_decoder": decoder,
