@@ -82,6 +82,7 @@ _ENGLISH_NAMES = CODES | {
     "bulgarian": "bg", "croatian": "hr", "estonian": "et", "irish": "ga", "latvian": "lv",
     "lithuanian": "lt", "maltese": "mt", "slovak": "sk", "slovenian": "sl",
 }  # fmt: skip
+MIN_SAMPLES = 2  # the front end's shortest input (funasr's WavFrontend fails under it)
 _HOTWORD_SPLIT = re.compile(r"[,，、;；\n]+")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -223,7 +224,11 @@ class NanoWorker(AsrWorker):
             if seg.committed and upto == seg.stepped:  # nothing new since its last step
                 self._finalize(s, seg, *seg.parsed())
                 continue
-            plans.append((s, seg, seg.plan(upto, seg.committed)))
+            plan = seg.plan(upto, seg.committed)
+            if upto < MIN_SAMPLES:  # too short for one Kaldi window: nothing to decode
+                self._result(s, seg, plan, [])
+                continue
+            plans.append((s, seg, plan))
         if not plans:
             return
         audio = self.encode([seg.audio[: plan.upto] for _, seg, plan in plans])

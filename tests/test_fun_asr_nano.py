@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from engine.asr import AsrHandle
 from engine.config import EngineConfig
 from engine.engine import Engine
 from engine.fun_asr_nano_asr import (
@@ -300,8 +301,6 @@ async def test_streams_due_together_share_one_encoder_call(built):
     final is what the same audio gives alone."""
     model, tok, _, fmt, engine, _ = built["funasr"]
     worker = NanoWorker(model, tok, engine, RollbackConfig(max_new_tokens=16), built["funasr"][2])
-    from engine.asr import AsrHandle
-
     plan = [("hello_3s", "plain"), ("hello_3s", "english_hotwords")]
     handles = []
     for clip, name in plan:
@@ -399,3 +398,23 @@ def test_folder_refusals(folders, tmp_path):
     with pytest.raises(ValueError, match="shape"):
         model.load_weights(state)
     assert np.isfinite(model.audio_adaptor.linear1.weight.detach().numpy()).all()
+
+
+@pytest.mark.anyio
+async def test_a_segment_too_short_for_the_front_end_is_empty(built):
+    """One sample (funasr's front end fails on it) gives an empty final, and the stream
+    stepped beside it is not failed."""
+    model, tok, frontend, fmt, engine, _ = built["funasr"]
+    worker = NanoWorker(model, tok, engine, RollbackConfig(max_new_tokens=4), frontend)
+    prompt = build_prompt(tok, 0, fmt=fmt)
+    short, other = (AsrHandle(worker, {"forced": None, "prompt": prompt}) for _ in range(2))
+    short.feed(np.ones(1, np.float32))
+    other.feed(qwen3_asr_audio("hello_3s")[:8000])
+    for h in (short, other):
+        h.commit()
+    worker.take_inbox()
+    while worker.has_work():
+        worker.step()
+    assert await asyncio.wait_for(anext(aiter(short)), 5) == Final(0, "", None)
+    final = await asyncio.wait_for(anext(aiter(other)), 5)
+    assert isinstance(final, Final) and final.text
