@@ -1,8 +1,9 @@
 """Our FireRedASR2-LLM against the official fireredasr2 code (golden fixtures from
 tests/fixtures/make_fireredasr2_golden.py, its float32 LLM): the adapter's output, the decode
 prompt with the speech spliced in, the Qwen2 logits through the paged engine (LoRA merged at
-load), greedy decoding; the folder loads as the fireredasr2 family and serves on the segment
-policy."""
+load), greedy decoding and the package's default 3-beam search (Hugging Face's) with forked
+requests sharing KV blocks; the folder loads as the fireredasr2 family and serves on the
+segment policy."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 from audio.kaldi_cmvn import FireRedFrontend
 from engine.config import EngineConfig
 from engine.engine import Engine
+from engine.llm_beam_search import Prompt, beam_search
 from engine.loader import ModelSpec, find_family, load
 from engine.models.fireredasr2_llm import build_fireredasr2_llm, merge_lora, prompt_ids
 from engine.request import InjectedEmbeds
@@ -137,10 +139,45 @@ def test_greedy_decoding_matches(built, clip):
     assert req.output_ids == case(clip)["greedy_ids"]
 
 
-def test_served_on_the_segment_policy(folder):
+def test_beam_search_matches_and_beams_share_blocks(built):
+    """Three searches in one engine (and each alone): the package's beam-3 ids; while they
+    run, the beams of a prompt hold its blocks once (forks share them by reference)."""
+    model, tokenizer, _ = built
+    clips = ["hello", "tone_short", "weather"]
+    prompts = []
+    for clip in clips:
+        s = speech(built, clip)
+        ids, at = prompt_ids(tokenizer, s.shape[0])
+        prompts.append(Prompt(ids, [InjectedEmbeds(at, s)], s.shape[0]))
+    eos = tokenizer.token_to_id("<|im_end|>")
+    engine = Engine(model.decoder, tokenizer, CPU)
+    usage = []
+    after_step = engine.scheduler.after_step
+
+    def record(batch) -> None:
+        after_step(batch)
+        tables = [r.block_table for r in engine.scheduler.running]
+        usage.append((len(tables), sum(map(len, tables)), len({b for t in tables for b in t})))
+
+    engine.scheduler.after_step = record
+    got = beam_search(engine, prompts, 3, eos)
+    assert got == [case(c)["beam3_ids"] for c in clips]
+    assert max(n for n, _, _ in usage) == 9  # three beams for each of the three prompts
+    assert any(distinct < total for _, total, distinct in usage)
+    assert not engine.requests and not engine.scheduler.running  # every beam ended
+    alone = beam_search(engine, prompts[1:2], 3, eos)
+    assert alone == [case("tone_short")["beam3_ids"]]
+    assert case("hello")["beam3_ids"][-1] == eos  # one search ended by <|im_end|>
+    assert len(case("weather")["beam3_ids"]) == case("weather")["speech_tokens"]  # one by length
+
+
+@pytest.mark.parametrize("beam_size", [3, 1])
+def test_served_on_the_segment_policy(folder, beam_size):
     assert find_family(folder).name == "fireredasr2"
     runtime = Runtime()
-    model = load(ModelSpec(str(folder), "tiny-llm"), runtime=runtime, device="cpu")
+    model = load(
+        ModelSpec(str(folder), "tiny-llm"), runtime=runtime, device="cpu", beam_size=beam_size
+    )
     assert model.kind == "asr" and model.max_segment_seconds == 30.0
     tokenizer = model.worker.tokenizer
     clips = ["hello", "tone_short"]
@@ -159,5 +196,8 @@ def test_served_on_the_segment_policy(folder):
     finally:
         runtime.shutdown()
     for final, clip in zip(finals, clips, strict=True):
-        want = tokenizer.decode(case(clip)["greedy_ids"], skip_special_tokens=True).lower()
+        if beam_size == 3:
+            want = case(clip)["beam3_text"]  # transcribe()'s text, decoded by transformers
+        else:
+            want = tokenizer.decode(case(clip)["greedy_ids"], skip_special_tokens=True).lower()
         assert isinstance(final, Final) and final.text == want
