@@ -107,6 +107,7 @@ def main() -> None:
     theirs = official_model_class(a.reference)(released_args(cfg))
     theirs.load_state_dict(state, strict=False)
     theirs.to(device, dtype).eval()
+    del state
     params = sum(t.numel() for t in ours.parameters())
 
     g = torch.Generator().manual_seed(1)

@@ -21,7 +21,7 @@ past an item's length everywhere. Items of a batch get what they would get alone
 
 The decoder runs incrementally (`DecoderState`): each step appends one position's self-attention
 keys and values per layer; the cross-attention keys and values are computed once per segment
-(`cross_kv`) and shared by all beams of it (engine/aed_beam_search.py reorders beams).
+(`TransformerDecoder.start`) and read by all its beams (engine/aed_beam_search.py reorders them).
 """
 
 from __future__ import annotations
