@@ -1,7 +1,8 @@
 """FireRedASR2-AED served on the segment policy (engine/chunked.py's SegmentWorker): VAD
 segments, partials by re-decoding the open segment every `step_seconds`, finals at commits; the
-segments due in a step share one batched encoder call and one batched beam search
-(engine/aed_beam_search.py), each segment getting what it would get alone.
+segments due in a step share one batched encoder call and one beam search on the engine
+(engine/aed_engine_search.py: beams are forked requests sharing KV blocks, cross-attention keys
+computed once per segment), each segment getting what it would get alone.
 
 Segments are at most `max_segment_seconds` long (60 s by default: the released AED's limit,
 beyond which it may hallucinate); the session commits a segment that reaches it, as if the
@@ -23,8 +24,10 @@ import torch
 from torch import Tensor
 
 from audio.kaldi_cmvn import FireRedFrontend
-from engine.aed_beam_search import BeamSettings, beam_search
+from engine.aed_beam_search import BeamSettings
+from engine.aed_engine_search import aed_engine, engine_beam_search
 from engine.chunked import Decoded, FunasrHandle, SegmentWorker, Stream
+from engine.engine import Engine
 from engine.fireredasr2_tokens import FireRedTokens
 from engine.models.fireredasr2 import FireRedAed, FireRedConfig
 from engine.runtime import Runtime
@@ -62,14 +65,16 @@ class FireRedWorker(SegmentWorker):
         frontend: FireRedFrontend,
         step_seconds: float | None = 2.0,
         settings: BeamSettings | None = None,
+        engine: Engine | None = None,
     ) -> None:
         super().__init__(model, tokens, frontend, step_seconds)  # type: ignore[arg-type]
         self.settings = settings or BeamSettings()
+        self.engine = engine or aed_engine(model)
 
     def _decode(self, feats: Tensor, frames: Tensor, streams: list[Stream]) -> list[Decoded]:
         dtype = self.model.ctc_lo.weight.dtype
         enc, lengths = self.model.encoder(feats.to(dtype), frames)
-        hyps = beam_search(self.model.decoder, enc, lengths, self.settings)
+        hyps = engine_beam_search(self.engine, enc, lengths, self.settings)
         return [Decoded(self.tokens.text(h[0].ids)) for h in hyps]
 
 
@@ -120,6 +125,7 @@ def load_fireredasr2(
     step_seconds: float | None = 2.0,
     beam: BeamSettings | None = None,
     max_segment_seconds: float | None = None,
+    attention_backend: str | None = None,
     **_: Any,
 ) -> FireRedServed:
     """The served AED on the segment policy, float32 unless told otherwise; an LLM-variant
@@ -129,12 +135,14 @@ def load_fireredasr2(
 
         options = {"performance_mode": performance_mode, "runtime": runtime, "device": device}
         options |= {"dtype": dtype, "step_seconds": step_seconds, **_}
+        options["attention_backend"] = attention_backend
         if max_segment_seconds:
             options["max_segment_seconds"] = max_segment_seconds
         return load_fireredasr2_llm(path, name, **options)  # type: ignore[return-value]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokens, frontend = build_fireredasr2(path, device, dtype or torch.float32)
-    worker = FireRedWorker(model, tokens, frontend, step_seconds, beam)
+    engine = aed_engine(model, performance_mode, attention_backend)
+    worker = FireRedWorker(model, tokens, frontend, step_seconds, beam, engine)
     worker.runtime = runtime or Runtime(name=f"asr-{name}")
     worker.runtime.add(worker)
     return FireRedServed(name, worker, max_segment_seconds or AED_MAX_SEGMENT_SECONDS)

@@ -1,7 +1,8 @@
 """Our FireRedASR2-AED against the official fireredasr2 code (fasr-asr-firered 0.5.8; golden
 fixtures from tests/fixtures/make_fireredasr2_golden.py): cmvn.ark, features, encoder, CTC
 log-probs, decoder logits, beam search with the package's defaults (n-best ids, confidences,
-text), one clip at a time and batched; the dict.txt decoding; the folder loader; the model served
+text), one clip at a time and batched, dense and on the paged engine (forked beams sharing KV
+blocks); CTC timestamps; the dict.txt decoding; the folder loader; the model served
 on the segment policy, and end to end on /v1/realtime, /v1/stream and /v1/audio/transcriptions."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 
 from audio.kaldi_cmvn import read_cmvn, read_kaldi_matrix
 from engine.aed_beam_search import BeamSettings, beam_search
+from engine.aed_engine_search import aed_engine, engine_beam_search
 from engine.chunked import FunasrHandle
 from engine.ctc_timestamps import aligned_times, token_timestamps
 from engine.fireredasr2_asr import FireRedWorker, build_fireredasr2, load_fireredasr2
@@ -204,6 +206,47 @@ def test_beam_search_defaults_match_the_package(built):
                     assert h.confidence == pytest.approx(r["confidence"], abs=1e-5)
             assert tokens.text(alone[0].ids) == case(clip)["text"]
             assert round(alone[0].confidence, 3) == case(clip)["confidence"]
+
+
+def test_beam_search_on_the_engine(built):
+    """Beams as engine requests (forks sharing KV blocks) on the paged decoder: the package's
+    3-best ids and confidences for all clips in one engine; the cross-attention keys are
+    computed once (one call for all segments); four beams hold fewer blocks than four separate
+    requests of their lengths would (once they share a full block); every block comes back."""
+    model, _, frontend = built
+    engine = aed_engine(model, attention_backend="sdpa")
+    free = engine.blocks.num_free
+    cross_calls = []
+    model.decoder.layer_stack[0].cross_attn.w_ks.register_forward_hook(
+        lambda *_: cross_calls.append(1)
+    )
+    with torch.inference_mode():
+        feats, frames = features(frontend, CLIPS)
+        enc, lengths = model.encoder(feats, frames)
+    got = engine_beam_search(engine, enc, lengths, BeamSettings(), nbest=3)
+    assert len(cross_calls) == 1
+    for hyps, clip in zip(got, CLIPS, strict=True):
+        ref = case(clip)["nbest"]
+        assert [h.ids for h in hyps] == [r["ids"] for r in ref]
+        for h, r in zip(hyps, ref, strict=True):
+            assert h.confidence == pytest.approx(r["confidence"], abs=1e-5)
+    usage = []
+    after_step = engine.scheduler.after_step
+
+    def record(batch) -> None:
+        after_step(batch)
+        tables = [r.block_table for r in engine.scheduler.running]
+        usage.append((len(tables), sum(map(len, tables)), len({b for t in tables for b in t})))
+
+    engine.scheduler.after_step = record
+    four = engine_beam_search(engine, enc[:1], lengths[:1], BeamSettings(beam_size=4))
+    assert len(four[0][0].ids) > 0
+    # once the beams' common prefix fills a block (16 tokens), they hold it once; the block
+    # being written is each beam's own (copied on write)
+    at_four = [(total, distinct) for n, total, distinct in usage if n == 4]
+    assert all(distinct <= total for total, distinct in at_four)
+    assert any(distinct < total for total, distinct in at_four)
+    assert not engine.requests and engine.blocks.num_free == free
 
 
 def test_hypotheses_end_at_eos_or_at_the_length_limit(built):
