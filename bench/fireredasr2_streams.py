@@ -1,7 +1,7 @@
 """FireRedASR2-AED streams per GPU under the VAD segment policy: the served worker
 (engine/fireredasr2_asr.py's FireRedWorker: a partial every 2 s of new audio by decoding the open
 segment again, the final at each commit; due segments batched) at the released shape with random
-weights, in process.
+weights, in process; its beam search on the paged engine.
 
 For each N of `--streams`: N streams, each fed 100 ms of noise every 100 ms of wall time for
 `--duration` seconds and committing a segment every `--segment-seconds` (as VAD would; the first
@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from audio.kaldi_cmvn import FireRedFrontend  # noqa: E402
 from engine.aed_beam_search import BeamSettings  # noqa: E402
+from engine.aed_engine_search import aed_engine  # noqa: E402
 from engine.chunked import FunasrHandle  # noqa: E402
 from engine.fireredasr2_asr import FireRedWorker  # noqa: E402
 from engine.fireredasr2_tokens import FireRedTokens  # noqa: E402
@@ -121,9 +122,10 @@ def main() -> None:
     tokens = FireRedTokens([f"t{i}" for i in range(cfg.odim)])
     frontend = FireRedFrontend(np.zeros(cfg.idim), np.ones(cfg.idim))
     settings = BeamSettings(beam_size=a.beam, max_len=a.max_len)
+    engine = aed_engine(model)  # one KV cache for all runs
     rows = []
     for n in [int(x) for x in a.streams.split(",")]:
-        worker = FireRedWorker(model, tokens, frontend, step_seconds=2.0, settings=settings)
+        worker = FireRedWorker(model, tokens, frontend, 2.0, settings, engine)
         runtime = Runtime(name="bench-fireredasr2")
         worker.runtime = runtime
         runtime.add(worker)
