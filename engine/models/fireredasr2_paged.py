@@ -87,7 +87,7 @@ class PagedFireRedDecoder(nn.Module):
     ) -> Tensor:
         dec, T = self.decoder, input_ids.shape[0]
         x = dec.tgt_word_emb(input_ids) * dec.scale + dec.pe[positions]
-        group = _Groups(self._row_segment)
+        group = _Groups(self._row_segment, self.context.mask.shape[0])
         for layer, (k_cache, v_cache), (ck, cv) in zip(
             dec.layer_stack, kv_caches, self.context.kv, strict=True
         ):
@@ -102,10 +102,12 @@ class PagedFireRedDecoder(nn.Module):
             h = layer.cross_attn_norm(x)
             c = layer.cross_attn
             q = group.pad(c.w_qs(h)).unflatten(-1, (self.heads, self.dk)).transpose(1, 2)
-            mask = self.context.mask[group.segments]
-            o = F.scaled_dot_product_attention(
-                q, ck[group.segments], cv[group.segments], attn_mask=mask.to(q.dtype)
-            )
+            if group.every_segment:  # no gather (a copy of every segment's keys) needed
+                mask = self.context.mask
+            else:
+                ck, cv = ck[group.segments], cv[group.segments]
+                mask = self.context.mask[group.segments]
+            o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=mask.to(q.dtype))
             x = x + c.fc(group.unpad(o.transpose(1, 2).flatten(2)))
             x = x + layer.mlp(layer.mlp_norm(x))
         return x
@@ -118,8 +120,9 @@ class PagedFireRedDecoder(nn.Module):
 class _Groups:
     """Rows grouped by segment, padded: (T, d) <-> (S', G, d) for the S' segments present."""
 
-    def __init__(self, row_segment: Tensor) -> None:
+    def __init__(self, row_segment: Tensor, num_segments: int) -> None:
         self.segments, inverse, counts = row_segment.unique(return_inverse=True, return_counts=True)
+        self.every_segment = self.segments.numel() == num_segments  # sorted: 0 .. S-1
         order = torch.argsort(inverse, stable=True)
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.empty_like(order)
