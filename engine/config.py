@@ -22,7 +22,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     dtype: torch.dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    attention_backend: str | None = None  # None: the best available
+    attention_backend: str | None = None  # None: the best available (kernels/attention.py)
+    cuda_graphs: bool = True  # replay decode steps from CUDA graphs (engine/cuda_graphs.py)
+    max_graph_batch: int = 512  # the largest decode batch captured (also <= max_num_seqs)
 
     @classmethod
     def for_mode(cls, mode: str, **overrides) -> EngineConfig:

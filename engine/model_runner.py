@@ -3,29 +3,43 @@
 A batch of B requests becomes T = sum(new tokens) rows: token ids, positions, the cache slot of
 each row, each request's block table, and the rows of injected embeddings. Logits are computed
 only for rows whose request has all its tokens computed after this step (it samples next).
+Decode batches that fit a captured CUDA graph are replayed from it (engine/cuda_graphs.py).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from engine.config import EngineConfig
+from engine.cuda_graphs import DecodeGraphs
 from engine.request import Request
 from engine.scheduler import Batch
-from kernels.attention import AttentionMetadata
+from kernels.attention import AttentionBackend, AttentionMetadata, decode_backend, phases
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class StepInputs:
-    input_ids: torch.Tensor  # (T,)
-    positions: torch.Tensor  # (T,)
-    meta: AttentionMetadata
-    embeds: tuple[torch.Tensor, torch.Tensor] | None
-    sample_rows: torch.Tensor  # (S,) rows whose logits are sampled
-    sampling: list[Request]  # the S requests that sample, in row order
+    """One step's inputs on the host; `meta` and `embeds` are built on the device."""
+
+    input_ids: np.ndarray  # (T,) int64
+    positions: np.ndarray  # (T,) int64
+    slots: np.ndarray  # (T,) int64: the cache slot each row's key and value go to
+    cu_seqlens_q: np.ndarray  # (B+1,) int32
+    seqused_k: np.ndarray  # (B,) int32
+    block_tables: np.ndarray  # (B, max_blocks) int32, zero padded
+    embeds: tuple[np.ndarray, torch.Tensor] | None  # rows (K,), values (K, hidden)
+    sample_rows: list[int]  # rows whose logits are sampled
+    sampling: list[Request]  # the requests that sample, in row order
+
+    @property
+    def is_decode(self) -> bool:
+        return len(self.input_ids) == len(self.seqused_k)
 
 
 def kv_block_bytes(model_cfg, config: EngineConfig) -> int:
@@ -41,15 +55,19 @@ def tokens_of(req: Request, start: int, end: int) -> list[int]:
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, config: EngineConfig, num_blocks: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, config: EngineConfig, num_blocks: int, max_model_len: int
+    ) -> None:
         self.model = model
         self.config = config
         self.device = torch.device(config.device)
         cfg = model.config
+        # One block more than the block manager hands out: the scratch block that the padding
+        # rows of a graphed decode batch write their keys and values to.
         self.kv = torch.zeros(
             2,
             cfg.num_hidden_layers,
-            num_blocks,
+            num_blocks + 1,
             config.block_size,
             cfg.num_key_value_heads,
             cfg.head_dim,
@@ -57,6 +75,41 @@ class ModelRunner:
             device=self.device,
         )
         self.kv_caches = [(self.kv[0, i], self.kv[1, i]) for i in range(cfg.num_hidden_layers)]
+        self.scratch_block = num_blocks
+        self.max_model_len = max_model_len
+        self.decode_steps = 0  # decode-only steps run
+        self.graph_steps = 0  # of them, replayed from a CUDA graph
+        self.graphs: DecodeGraphs | None = None
+        if config.cuda_graphs and self.device.type == "cuda":
+            self.graphs = self._capture_graphs()
+
+    @property
+    def attention(self) -> AttentionBackend:
+        return self.model.model.layers[0].self_attn.attn
+
+    def describe(self) -> dict:
+        """What runs each step, for logs and benchmark records."""
+        return {
+            "attention": phases(self.attention),
+            "cuda_graph_sizes": self.graphs.sizes if self.graphs is not None else [],
+            "decode_steps": self.decode_steps,
+            "graph_steps": self.graph_steps,
+        }
+
+    def _capture_graphs(self) -> DecodeGraphs | None:
+        cfg = self.model.config
+        q = torch.empty(1, cfg.num_attention_heads, cfg.head_dim, device=self.device)
+        attn = decode_backend(self.attention, q, self.kv_caches[0][0])
+        if not attn.graph_safe:
+            log.info("no CUDA graphs: attention backend %s syncs with the host", attn.name)
+            return None
+        max_batch = min(self.config.max_num_seqs, self.config.max_graph_batch)
+        try:
+            return DecodeGraphs(self, max_batch, capture=True)
+        except Exception:  # a model or kernel that cannot be captured still runs, eagerly
+            log.exception("CUDA graph capture failed; decode runs eagerly")
+            torch.cuda.synchronize(self.device)
+            return None
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> tuple[torch.Tensor, list[Request]]:
@@ -67,8 +120,33 @@ class ModelRunner:
             )
             self.kv[:, :, dst] = self.kv[:, :, src]
         x = self.prepare(batch)
-        hidden = self.model(x.input_ids, x.positions, self.kv_caches, x.meta, x.embeds)
-        return self.model.logits(hidden[x.sample_rows]), x.sampling
+        self.decode_steps += x.is_decode
+        if self.graphs is not None and self.graphs.takes(x):
+            hidden = self.graphs.run(x)
+            self.graph_steps += 1
+        else:
+            hidden = self.forward(x)
+        rows = torch.tensor(x.sample_rows, dtype=torch.long, device=self.device)
+        return self.model.logits(hidden[rows]), x.sampling
+
+    def forward(self, x: StepInputs) -> torch.Tensor:
+        """The model on exactly this batch (T, hidden), outside any graph."""
+        dev = self.device
+        meta = AttentionMetadata(
+            cu_seqlens_q=torch.from_numpy(x.cu_seqlens_q).to(dev),
+            seqused_k=torch.from_numpy(x.seqused_k).to(dev),
+            block_tables=torch.from_numpy(x.block_tables).to(dev),
+            slot_mapping=torch.from_numpy(x.slots).to(dev),
+            max_seqlen_q=int(np.diff(x.cu_seqlens_q).max()),
+            max_seqlen_k=int(x.seqused_k.max()),
+        )
+        embeds = None
+        if x.embeds is not None:
+            rows, values = x.embeds
+            embeds = (torch.from_numpy(rows).to(dev), values.to(dev))
+        ids = torch.from_numpy(x.input_ids).to(dev)
+        positions = torch.from_numpy(x.positions).to(dev)
+        return self.model(ids, positions, self.kv_caches, meta, embeds)
 
     def prepare(self, batch: Batch) -> StepInputs:
         bs = self.config.block_size
@@ -98,24 +176,17 @@ class ModelRunner:
         padded = np.zeros((len(tables), width), dtype=np.int32)
         for i, t in enumerate(tables):
             padded[i, : len(t)] = t
-        dev = self.device
-        meta = AttentionMetadata(
-            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
-            seqused_k=torch.tensor(seqused, dtype=torch.int32, device=dev),
-            block_tables=torch.from_numpy(padded).to(dev),
-            slot_mapping=torch.from_numpy(np.concatenate(slots)).to(dev),
-            max_seqlen_q=max(batch.num_new_tokens),
-            max_seqlen_k=max(seqused),
-        )
         embeds = None
         if embed_rows:
-            rows = torch.from_numpy(np.concatenate(embed_rows)).to(dev)
-            embeds = (rows, torch.cat(embed_values).to(dev))
+            embeds = (np.concatenate(embed_rows), torch.cat(embed_values))
         return StepInputs(
-            input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
-            positions=torch.from_numpy(np.concatenate(positions)).to(dev),
-            meta=meta,
+            input_ids=np.asarray(ids, dtype=np.int64),
+            positions=np.concatenate(positions),
+            slots=np.concatenate(slots),
+            cu_seqlens_q=np.asarray(cu, dtype=np.int32),
+            seqused_k=np.asarray(seqused, dtype=np.int32),
+            block_tables=padded,
             embeds=embeds,
-            sample_rows=torch.tensor(sample_rows, dtype=torch.long, device=dev),
+            sample_rows=sample_rows,
             sampling=sampling,
         )

@@ -6,6 +6,10 @@ included) stored in blocks `block_tables[b]` of a cache shaped (num_blocks, bloc
 Causal masking is aligned at the end: query row i of a sequence with n new tokens sits at position
 seqused_k - n + i. Backends differ in speed only; `sdpa` is the reference every other one is
 tested against.
+
+A backend is `graph_safe` when its decode path makes no device-to-host sync and launches the
+same kernels for the same batch size, so a decode step can be captured in a CUDA graph (see
+engine/cuda_graphs.py); there `max_seqlen_k` is an upper bound that holds for every replay.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class AttentionMetadata:
 
 class AttentionBackend(Protocol):
     name: str
+    graph_safe: bool
 
     def __call__(
         self,
@@ -75,24 +80,87 @@ def store_kv(
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
 
 
-def backend(name: str | None = None, device: str = "cpu") -> AttentionBackend:
-    """The backend called `name`, or the best one available on `device`."""
-    from kernels.sdpa import SdpaAttention
-    from kernels.varlen import VarlenAttention
+class PhaseAttention:
+    """Decode-only batches to one backend, batches with prefill rows to another.
 
-    def triton_paged() -> AttentionBackend:  # imports triton only when asked for
+    Decode is bound by reading the KV cache and prefill by tensor-core throughput, and the best
+    kernel for one is not the best for the other: on the H200 our split-KV Triton decode reads
+    the cache at 4.2 TB/s where FlashAttention-4 (no split-KV on sm_90) reaches 4.0, while the
+    FlashAttention kernels lead at prefill. A decode batch whose shape the decode backend does
+    not take (its `supports`) goes to the prefill backend.
+    """
+
+    def __init__(self, decode: AttentionBackend, prefill: AttentionBackend) -> None:
+        self.decode, self.prefill = decode, prefill
+        self.name = f"{decode.name}+{prefill.name}"
+
+    def __call__(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        if meta.is_decode:
+            return decode_backend(self, q, k_cache)(q, k_cache, v_cache, meta, scale)
+        return self.prefill(q, k_cache, v_cache, meta, scale)
+
+
+def decode_backend(attn: AttentionBackend, q: torch.Tensor, k_cache: torch.Tensor):
+    """The backend that runs a decode batch of these shapes (what a CUDA graph would hold)."""
+    if not isinstance(attn, PhaseAttention):
+        return attn
+    supports = getattr(attn.decode, "supports", None)
+    return attn.decode if supports is None or supports(q, k_cache) else attn.prefill
+
+
+def phases(attn: AttentionBackend) -> dict[str, str]:
+    """The backend each phase runs on, for logs and benchmark records."""
+    if isinstance(attn, PhaseAttention):
+        return {"decode": attn.decode.name, "prefill": attn.prefill.name}
+    return {"decode": attn.name, "prefill": attn.name}
+
+
+BACKENDS = ("auto", "sdpa", "torch-varlen", "triton-paged", "fa4")
+
+
+def backend(name: str | None = None, device: str = "cpu") -> AttentionBackend:
+    """The backend called `name`, or ("auto", None) the best one available on `device`.
+
+    On CUDA the best is our Triton split-KV kernel for decode, and for prefill
+    FlashAttention-4 where it is installed and works on this GPU (sm_90 or newer), else
+    torch's FlashAttention-2 varlen kernel. On CPU it is SDPA.
+    """
+    from kernels.sdpa import SdpaAttention
+
+    name = name or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; one of {', '.join(BACKENDS)}")
+    cuda = str(device).startswith("cuda")
+    if name == "auto":
+        chosen = _best_cuda(device) if cuda else SdpaAttention()
+    elif name == "sdpa":
+        chosen = SdpaAttention()
+    elif name == "torch-varlen":
+        from kernels.varlen import VarlenAttention
+
+        chosen = VarlenAttention()
+    elif name == "triton-paged":
         from kernels.triton_paged import TritonPagedAttention
 
-        return TritonPagedAttention()
+        chosen = TritonPagedAttention()
+    else:
+        from kernels.fa4 import FlashAttention4, fa4_unavailable
 
-    backends = {
-        "sdpa": SdpaAttention,
-        "torch-varlen": VarlenAttention,
-        "triton-paged": triton_paged,
-    }
-    name = name or ("torch-varlen" if str(device).startswith("cuda") else "sdpa")
-    if name not in backends:
-        raise ValueError(f"unknown attention backend {name!r}; available: {sorted(backends)}")
-    chosen = backends[name]()
-    log.info("attention backend: %s", chosen.name)
+        reason = fa4_unavailable(device)
+        if reason:
+            raise ValueError(f"attention backend fa4: {reason}")
+        chosen = FlashAttention4()
+    log.info("attention backend: %s", phases(chosen))
     return chosen
+
+
+def _best_cuda(device: str) -> AttentionBackend:
+    from kernels.fa4 import FlashAttention4, fa4_unavailable
+    from kernels.triton_paged import TritonPagedAttention
+    from kernels.varlen import VarlenAttention
+
+    reason = fa4_unavailable(device)
+    if reason:
+        log.info("FlashAttention-4 not used: %s", reason)
+    prefill = VarlenAttention() if reason else FlashAttention4()
+    return PhaseAttention(decode=TritonPagedAttention(), prefill=prefill)

@@ -20,6 +20,7 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> to
 
 class SdpaAttention:
     name = "sdpa"
+    graph_safe = True  # decode: one gather of max_seqlen_k keys per sequence, masked
 
     def __call__(
         self,

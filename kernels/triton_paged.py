@@ -402,6 +402,7 @@ class TritonPagedAttention:
     """
 
     name = "triton-paged"
+    graph_safe = True  # sync-free; the split count is fixed at capture from max_seqlen_k
 
     def __init__(
         self,
@@ -409,6 +410,7 @@ class TritonPagedAttention:
         decode_block_n: int | None = None,
         prefill_block_m: int | None = None,
         prefill_block_n: int | None = None,
+        prefill_stages: int | None = None,
     ) -> None:
         if num_splits is not None and not 1 <= num_splits <= MAX_SPLITS:
             raise ValueError(f"num_splits must be in 1..{MAX_SPLITS}, got {num_splits}")
@@ -416,6 +418,22 @@ class TritonPagedAttention:
         self.decode_block_n = decode_block_n
         self.prefill_block_m = prefill_block_m
         self.prefill_block_n = prefill_block_n
+        self.prefill_stages = prefill_stages
+
+    @staticmethod
+    def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+        """Whether these shapes are ones the kernels take (head_dim 64 or 128, GQA, pages of a
+        power of two >= 16 tokens, on CUDA or under the interpreter)."""
+        heads, head_dim = q.shape[1:]
+        block_size, kv_heads = k_cache.shape[1:3]
+        return (
+            head_dim in (64, 128)
+            and k_cache.shape[3] == head_dim
+            and heads % kv_heads == 0
+            and block_size >= 16
+            and block_size & (block_size - 1) == 0
+            and (q.device.type == "cuda" or INTERPRETED)
+        )
 
     def __call__(
         self,
@@ -516,10 +534,10 @@ class TritonPagedAttention:
         heads, kv_heads, head_dim = a.q.shape[1], a.k.shape[2], a.q.shape[2]
         group = heads // kv_heads
         group_pad = _next_pow2(group)
-        # 128 (token, head) rows x 64 keys per tile on 8 warps: two warpgroups of Hopper
-        # tensor-core MMA (wgmma) over 64 rows each, K and V double-buffered (96 KiB of shared
-        # memory at head_dim 128, about 180 registers a thread, no spills).
-        block_m = max(self.prefill_block_m or 128, group_pad)
+        # 256 (token, head) rows x 64 keys per tile on 8 warps, a 3-stage K/V pipeline: the best
+        # of 27 shapes tried on the H200 (bench/tune_prefill.py; docs/benchmarks.md), 428
+        # TFLOP/s at 2 x 16384 tokens against 340 for 128 rows and 2 stages.
+        block_m = max(self.prefill_block_m or 256, group_pad)
         block_q = block_m // group_pad
         block_n = self.prefill_block_n or 64
         grid = (a.q.shape[0] // block_q + batch, kv_heads)
@@ -543,7 +561,7 @@ class TritonPagedAttention:
             PAGE=a.k.shape[1],
             DOT_PREC=a.dot_prec,
             num_warps=8 if block_m >= 128 else 4,
-            num_stages=2,
+            num_stages=self.prefill_stages or 3,
         )
 
 

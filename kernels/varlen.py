@@ -17,6 +17,7 @@ from kernels.sdpa import SdpaAttention
 
 class VarlenAttention:
     name = "torch-varlen"
+    graph_safe = False  # the packed KV buffer's size is read back from the device every step
 
     def __init__(self) -> None:
         self.float32 = SdpaAttention()

@@ -55,6 +55,24 @@ def _limit_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    from kernels.attention import BACKENDS
+
+    g = p.add_argument_group("engine")
+    g.add_argument(
+        "--attention-backend",
+        choices=BACKENDS,
+        default=None,
+        help="force one attention backend (default: auto, the best available; logged at start)",
+    )
+    g.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="run decode steps eagerly instead of replaying them from CUDA graphs",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtserve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,6 +114,7 @@ def parser() -> argparse.ArgumentParser:
         help="tokens a step may generate (default %(default)s)",
     )
     s.add_argument("--log-level", default="info")
+    _engine_flags(s)
     _limit_flags(s)
     t = sub.add_parser("transcribe", help="transcribe audio files and print the transcript")
     t.add_argument("files", nargs="+", type=Path)
@@ -120,6 +139,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default=None)
     c.add_argument("--dtype", default=None)
     c.add_argument("--out", type=Path, default=Path("bench/results"))
+    _engine_flags(c)
+    k = work.add_parser("kernels", help="attention kernels: TB/s and TFLOP/s vs FA4 and limits")
+    k.add_argument("--block-size", type=int, default=16, help="KV cache page, tokens")
+    k.add_argument("--repeats", type=int, default=20)
+    k.add_argument("--out", type=Path, default=Path("bench/results"))
     _bench_asr_flags(work)
     return p
 
@@ -164,6 +188,7 @@ def _bench_asr_flags(work) -> None:
     r.add_argument("--dtype", default=None)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", type=Path, default=Path("bench/results"))
+    _engine_flags(r)
     s = r.add_argument_group("--serve: the wire workload's server (fixed output lengths)")
     s.add_argument("--serve", action="store_true", help="serve --model instead of benchmarking")
     s.add_argument("--port", type=int, default=8000)
@@ -219,6 +244,12 @@ def transcribe_files(a: argparse.Namespace) -> int:
 def bench(a: argparse.Namespace) -> int:
     if a.workload == "asr":
         return bench_asr(a)
+    if a.workload == "kernels":
+        from engine.bench import kernels
+
+        result = kernels.run(kernels.KernelsBench(repeats=a.repeats, block_size=a.block_size))
+        print(kernels.summarize(result, a.out, "kernels"))
+        return 0
     from engine.bench import chat
 
     b = chat.ChatBench(
@@ -229,6 +260,8 @@ def bench(a: argparse.Namespace) -> int:
         output_len=a.output_len,
         ttft_lens=a.ttft_lens,
         baseline=not a.no_baseline,
+        attention_backend=a.attention_backend,
+        cuda_graphs=a.cuda_graphs,
     )
     if a.device:
         b.device = a.device
@@ -264,6 +297,8 @@ def bench_asr(a: argparse.Namespace) -> int:
         baseline_python=a.baseline_python,
         baseline_repeats=a.baseline_repeats,
         performance_mode=a.performance_mode,
+        attention_backend=a.attention_backend,
+        cuda_graphs=a.cuda_graphs,
         seed=a.seed,
     )
     if a.device:
@@ -299,7 +334,9 @@ def bench_asr_serve(a: argparse.Namespace) -> int:
         performance_mode=a.performance_mode,
         limits=Limits(max_sessions=a.max_sessions),
     )
-    overrides = {"device": a.device} if a.device else {}
+    overrides = {"attention_backend": a.attention_backend, "cuda_graphs": a.cuda_graphs}
+    if a.device:
+        overrides["device"] = a.device
     if a.dtype:
         overrides["dtype"] = getattr(torch, a.dtype)
     lengths = OutputLengths(a.token_rate, a.header_tokens)
@@ -340,6 +377,8 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
         api_key=a.api_key,
         performance_mode=a.performance_mode,
         limits=limits,
+        attention_backend=a.attention_backend,
+        cuda_graphs=a.cuda_graphs,
     )
 
 
@@ -354,6 +393,8 @@ def load_models(config: ServerConfig) -> dict:
             performance_mode=config.performance_mode,
             runtime=shared_runtime(),
             rollback=config.rollback,
+            attention_backend=config.attention_backend,
+            cuda_graphs=config.cuda_graphs,
         )
     return models
 

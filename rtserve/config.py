@@ -45,3 +45,5 @@ class ServerConfig:
     performance_mode: PerformanceMode = "balanced"
     limits: Limits = field(default_factory=Limits)
     rollback: RollbackConfig = field(default_factory=RollbackConfig)  # Qwen3-ASR streaming
+    attention_backend: str | None = None  # None: the best available (kernels/attention.py)
+    cuda_graphs: bool = True  # decode steps replayed from CUDA graphs (on CUDA devices)

@@ -60,8 +60,7 @@ def prompt_logits(eng: Engine, ids: list[int], embeds: list[InjectedEmbeds] = ()
     req = eng.add(ids, greedy(1), embeds=embeds)
     batch = eng.scheduler.schedule()
     assert batch.requests == [req] and batch.num_new_tokens == [len(ids)]
-    x = eng.runner.prepare(batch)
-    hidden = eng.model(x.input_ids, x.positions, eng.runner.kv_caches, x.meta, x.embeds)
+    hidden = eng.runner.forward(eng.runner.prepare(batch))
     eng.abort(req.id)
     return eng.model.logits(hidden)
 

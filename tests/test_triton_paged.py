@@ -182,3 +182,47 @@ def test_random_batches(batch, group, h_kv, d, block_size, splits, tile, seed):
     )
     seq_lens, new_lens = batch
     check(attn, seq_lens, new_lens, group=group, d=d, block_size=block_size, h_kv=h_kv, seed=seed)
+
+
+def test_engine_decode_through_graph_buffers():
+    """A small random Qwen3 (head_dim 64) on the Triton backend: decode through the CUDA-graph
+    buffers (padding rows, the scratch block, `max_seqlen_k` at the longest context and so
+    the widest split) gives the logits of plain eager decode."""
+    from engine.config import EngineConfig
+    from engine.cuda_graphs import DecodeGraphs
+    from engine.engine import Engine
+    from engine.model_runner import ModelRunner
+    from engine.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
+    from engine.sampling import SamplingParams
+
+    cfg = Qwen3Config.from_dict(
+        dict(
+            vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=64, rms_norm_eps=1e-6,
+            rope_theta=10000.0, max_position_embeddings=256, tie_word_embeddings=True,
+        )
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(cfg, TritonPagedAttention()).eval()
+    config = EngineConfig(device="cpu", dtype=torch.float32, block_size=16, num_blocks=32)
+    prompts = [[5, 9, 11], list(range(20, 57)), [3] * 18]
+
+    def decode_logits(graphs: bool) -> list[torch.Tensor]:
+        eng = Engine(model, None, config)
+        runner = eng.runner
+        if graphs:
+            runner.graphs = DecodeGraphs(runner, max_batch=4, capture=False)
+        seen = []
+
+        def run(batch):  # the engine's own step, with each step's logits kept
+            logits, sampling = ModelRunner.run(runner, batch)
+            seen.append(logits.clone())
+            return logits, sampling
+
+        runner.run = run
+        eng.generate(prompts, SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True))
+        assert not graphs or runner.graph_steps == runner.decode_steps > 0
+        return seen
+
+    for got, want in zip(decode_logits(True), decode_logits(False), strict=True):
+        torch.testing.assert_close(got, want, **TOL)

@@ -88,6 +88,7 @@ from engine.rollback import RollbackConfig, StepPlan
 from engine.runtime import Runtime
 from engine.sampling import SamplingParams
 from engine.streaming import Final, Partial, SegmentFailed, StreamOptions
+from kernels.attention import phases
 
 SAMPLE_RATE = 16_000
 STEP = RollbackConfig().step_samples  # 2 s: the official chunk
@@ -187,6 +188,7 @@ class AsrBench:
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
     attention_backend: str | None = None
+    cuda_graphs: bool = True
     seed: int = 0
 
     @property
@@ -248,7 +250,11 @@ class System:
 def load_system(b: AsrBench) -> System:
     dtype = getattr(torch, b.dtype)
     config = EngineConfig.for_mode(
-        b.performance_mode, device=b.device, dtype=dtype, attention_backend=b.attention_backend
+        b.performance_mode,
+        device=b.device,
+        dtype=dtype,
+        attention_backend=b.attention_backend,
+        cuda_graphs=b.cuda_graphs,
     )
     runtime = Runtime(name="bench-asr")
     if b.model is not None and fun_asr_nano.is_fun_asr_nano(b.model):
@@ -302,7 +308,7 @@ def run(b: AsrBench) -> dict[str, Any]:
         "model": b.name,
         "hardware": report.hardware(),
         "torch": torch.__version__,
-        "attention_backend": system.worker.engine.runner.model.model.layers[0].self_attn.attn.name,
+        "attention_backend": phases(system.worker.engine.runner.attention),
         "settings": settings(b),
         "output_lengths": output_lengths_doc(b.lengths),
     }
@@ -310,6 +316,7 @@ def run(b: AsrBench) -> dict[str, Any]:
         try:
             asyncio.run(_warm_up(system, signal))
             plan = _in_process(system, b, signal, workloads, result, progress)
+            result["engine"] = system.worker.engine.runner.describe()
             if "baseline" in workloads or "wire" in workloads:
                 checkpoint = system.checkpoint(Path(tmp))
         finally:

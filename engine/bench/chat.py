@@ -5,6 +5,10 @@ Fixed workloads (random prompt ids, `ignore_eos`, greedy), the same weights in b
   `batch_sizes`. Reported: output tokens/s over the whole run, and decode tokens/s over the steps
   after every request has its first token. The baseline is `generate()` on one padded batch.
 - ttft: one request of each length in `ttft_lens`; time from submission to its first token.
+- eager: with CUDA graphs on, the decode rows again with graphs switched off on the same engine
+  (`ours-eager`), which isolates what replaying decode steps from graphs gains.
+The JSON records the attention backend of each phase and, per decode row, the share of decode
+steps replayed from CUDA graphs.
 Weights are a checkpoint folder (`--model`) or random ones in a named shape (`--shape`).
 """
 
@@ -24,7 +28,7 @@ from engine.engine import Engine
 from engine.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 from engine.sampling import SamplingParams
 from engine.weights import load_safetensors
-from kernels.attention import backend
+from kernels.attention import backend, phases
 
 # Random-weight shapes of released models (their config.json fields that matter here).
 SHAPES: dict[str, dict[str, Any]] = {
@@ -78,6 +82,8 @@ class ChatBench:
     output_len: int = 128
     ttft_lens: tuple[int, ...] = (1024, 8192)
     baseline: bool = True
+    attention_backend: str | None = None  # None: the best available
+    cuda_graphs: bool = True
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
     block_size: int = 16
@@ -106,6 +112,8 @@ def run(b: ChatBench) -> dict[str, Any]:
     engine = _engine(cfg, weights, dtype, b, num_blocks)
     del weights
     steps = [("ours", n) for n in b.batch_sizes] + [("ours-ttft", n) for n in b.ttft_lens]
+    if engine.runner.graphs is not None:
+        steps += [("ours-eager", n) for n in b.batch_sizes]
     if hf is not None:
         steps += [("transformers", n) for n in b.batch_sizes]
         steps += [("transformers-ttft", n) for n in b.ttft_lens]
@@ -117,6 +125,13 @@ def run(b: ChatBench) -> dict[str, Any]:
         g = torch.Generator().manual_seed(b.seed + n)
         if who == "ours":
             rows.append(_ours_decode(engine, _prompts(n, b.prompt_len, cfg.vocab_size, g), b))
+        elif who == "ours-eager":
+            graphs, engine.runner.graphs = engine.runner.graphs, None
+            try:
+                row = _ours_decode(engine, _prompts(n, b.prompt_len, cfg.vocab_size, g), b)
+            finally:
+                engine.runner.graphs = graphs
+            rows.append({**row, "engine": "ours-eager"})
         elif who == "ours-ttft":
             rows.append(_ours_ttft(engine, _prompts(1, n, cfg.vocab_size, g)))
         elif who == "transformers":
@@ -128,7 +143,8 @@ def run(b: ChatBench) -> dict[str, Any]:
         "workload": "chat",
         "hardware": report.hardware(),
         "torch": torch.__version__,
-        "attention_backend": engine.runner.model.model.layers[0].self_attn.attn.name,
+        "attention_backend": phases(engine.runner.attention),
+        "cuda_graph_sizes": engine.runner.describe()["cuda_graph_sizes"],
         # max |logit difference| / logit std between the two engines on one prompt: the same
         # model (dtype rounding only) when small
         "logit_gap_vs_transformers": same_model,
@@ -142,7 +158,7 @@ def _engine(cfg, weights, dtype, b: ChatBench, num_blocks: int) -> Engine:
     torch.set_default_dtype(dtype)
     try:
         with torch.device(b.device):
-            model = Qwen3ForCausalLM(cfg, backend(None, b.device))
+            model = Qwen3ForCausalLM(cfg, backend(b.attention_backend, b.device))
     finally:
         torch.set_default_dtype(default)
     model.load_weights(weights)
@@ -156,6 +172,7 @@ def _engine(cfg, weights, dtype, b: ChatBench, num_blocks: int) -> Engine:
         device=b.device,
         dtype=dtype,
         enable_prefix_caching=False,  # random prompts never share blocks; measure the compute
+        cuda_graphs=b.cuda_graphs,
     )
     return Engine(model, None, config)
 
@@ -213,6 +230,8 @@ def _logit_gap(engine: Engine, hf, vocab: int) -> float:
 
 
 def _ours_decode(engine: Engine, prompts: list[list[int]], b: ChatBench) -> dict[str, Any]:
+    runner = engine.runner
+    decode0, graph0 = runner.decode_steps, runner.graph_steps
     _sync()
     t0 = time.perf_counter()
     reqs = [engine.add(p, _greedy(b.output_len)) for p in prompts]
@@ -232,6 +251,7 @@ def _ours_decode(engine: Engine, prompts: list[list[int]], b: ChatBench) -> dict
         "output_tok_s": n * b.output_len / (t2 - t0),
         "decode_tok_s": n * (b.output_len - 1) / (t2 - t1),
         "seconds": t2 - t0,
+        "graph_share": (runner.graph_steps - graph0) / max(runner.decode_steps - decode0, 1),
     }
 
 
@@ -299,6 +319,9 @@ def summarize(result: dict[str, Any], out: Path, name: str) -> str:
     by = {(r["engine"], r["workload"]): r for r in rows}
     for r in rows:
         base = by.get(("transformers", r["workload"]))
+        eager = by.get(("ours-eager", r["workload"]))
+        if r["engine"] == "ours" and eager is not None:
+            r["vs_eager"] = r["output_tok_s"] / eager["output_tok_s"]
         if r["engine"] == "ours" and base is not None:
             if "output_tok_s" in r:
                 r["vs_transformers"] = r["output_tok_s"] / base["output_tok_s"]
@@ -309,7 +332,7 @@ def summarize(result: dict[str, Any], out: Path, name: str) -> str:
     groups = sorted({r["workload"] for r in decode}, key=lambda w: int(w.split("=")[1]))
     series = {
         eng: [by[(eng, w)]["output_tok_s"] for w in groups if (eng, w) in by]
-        for eng in ("ours", "transformers")
+        for eng in ("ours", "ours-eager", "transformers")
         if any((eng, w) in by for w in groups)
     }
     png = path.with_suffix(".png")
@@ -317,6 +340,16 @@ def summarize(result: dict[str, Any], out: Path, name: str) -> str:
         png, f"{name}: output tokens/s ({result['hardware']})", groups, series, "tokens/s"
     )
     text = report.table(
-        rows, ["engine", "workload", "output_tok_s", "decode_tok_s", "ttft_ms", "vs_transformers"]
+        rows,
+        [
+            "engine",
+            "workload",
+            "output_tok_s",
+            "decode_tok_s",
+            "graph_share",
+            "ttft_ms",
+            "vs_transformers",
+            "vs_eager",
+        ],
     )
     return text + f"\n\nJSON: {path}" + (f"\nplot: {png}" if plotted else "")

@@ -90,10 +90,12 @@ def test_paged_backends_in_bfloat16(name):
     torch.testing.assert_close(out.float().cpu(), want, atol=3e-2, rtol=3e-2)
 
 
-def test_cuda_picks_the_varlen_backend():
-    from kernels.attention import backend
+def test_cuda_picks_triton_decode_and_the_best_prefill():
+    from kernels.attention import backend, phases
+    from kernels.fa4 import fa4_unavailable
 
-    assert backend(None, "cuda").name == "torch-varlen"
+    prefill = "torch-varlen" if fa4_unavailable("cuda") else "fa4"
+    assert phases(backend(None, "cuda")) == {"decode": "triton-paged", "prefill": prefill}
 
 
 def test_transformers_does_not_mistake_our_kernels_package():
