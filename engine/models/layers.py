@@ -1,9 +1,15 @@
-"""Building blocks the model files share: RMSNorm, rotary embeddings, the gated MLP."""
+"""Building blocks the model files share: RMSNorm, rotary embeddings, the gated MLP.
+
+The per-token arithmetic runs through kernels/fused.py: fused Triton kernels on CUDA, the torch
+references on CPU.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from kernels.fused import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -12,15 +18,16 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """norm(x); with a residual, (norm(x + residual), x + residual)."""
+        return rms_norm(x, self.weight, self.eps, residual)
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding, halves layout (rotate_half), cos/sin cached up to max_len.
+    """The cos/sin tables of rotary position embedding up to max_len (applied by
+    kernels/fused.py's `qk_norm_rope`).
 
     The tables stay float32 whatever the model's dtype (plain attributes, not buffers, so
     `module.to(dtype)` leaves them alone); build the module on its device.
@@ -31,14 +38,6 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
         self.cos, self.sin = freqs.cos(), freqs.sin()  # (max_len, D/2)
-
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: (T, H, D), positions: (T,)."""
-        cos = self.cos[positions][:, None, :]  # (T, 1, D/2)
-        sin = self.sin[positions][:, None, :]
-        x1, x2 = x.float().chunk(2, dim=-1)
-        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-        return out.to(x.dtype)
 
 
 class GatedMLP(nn.Module):

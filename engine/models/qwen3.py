@@ -1,10 +1,12 @@
 """Qwen3 dense decoder (the chat models, and the decoder inside Qwen3-ASR).
 
 Per layer: RMSNorm -> attention (GQA; per-head RMSNorm on q and k before RoPE) -> residual ->
-RMSNorm -> SwiGLU MLP -> residual. Input embeddings may be injected at given positions (audio or
-image features at placeholder tokens). Parameter names follow the Hugging Face checkpoints, so
-their state dicts load as they are. Works on a flat batch of T tokens from many sequences; the
-KV cache is paged (kernels/attention.py).
+RMSNorm -> SwiGLU MLP -> residual. Each residual add is fused into the next RMSNorm
+(kernels/fused.py), so a layer hands on (output, residual stream) rather than their sum. Input
+embeddings may be injected at given positions (audio or image features at placeholder tokens).
+Parameter names follow the Hugging Face checkpoints, so their state dicts load as they are.
+Works on a flat batch of T tokens from many sequences; the KV cache is paged
+(kernels/attention.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from engine.models.layers import GatedMLP, RMSNorm, Rotary
 from kernels.attention import AttentionBackend, AttentionMetadata, store_kv
+from kernels.fused import qk_norm_rope
 
 
 @dataclass(frozen=True)
@@ -63,16 +66,24 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
+        self.eps = cfg.rms_norm_eps
         self.rotary = rotary
         self.attn = attn
         self.scale = self.d**-0.5
 
     def forward(self, x, positions, kv, meta: AttentionMetadata) -> torch.Tensor:
         T = x.shape[0]
-        q = self.q_norm(self.q_proj(x).view(T, self.h, self.d))
-        k = self.k_norm(self.k_proj(x).view(T, self.h_kv, self.d))
+        q, k = qk_norm_rope(
+            self.q_proj(x).view(T, self.h, self.d),
+            self.k_proj(x).view(T, self.h_kv, self.d),
+            getattr(self.q_norm, "weight", None),  # None: no q/k norm (Qwen2)
+            getattr(self.k_norm, "weight", None),
+            self.eps,
+            self.rotary.cos,
+            self.rotary.sin,
+            positions,
+        )
         v = self.v_proj(x).view(T, self.h_kv, self.d)
-        q, k = self.rotary(q, positions), self.rotary(k, positions)
         k_cache, v_cache = kv
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         o = self.attn(q, k_cache, v_cache, meta, self.scale)  # (T, H, D)
@@ -87,9 +98,15 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x, positions, kv, meta) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, kv, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, positions, kv, meta) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the layer's output, the residual stream before it): the next norm adds them."""
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, positions, kv, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class Qwen3Model(nn.Module):
@@ -124,9 +141,10 @@ class Qwen3ForCausalLM(nn.Module):
         if embeds is not None:
             rows, values = embeds
             x = x.index_copy(0, rows, values.to(x.dtype))
+        residual = None
         for layer, kv in zip(self.model.layers, kv_caches, strict=True):
-            x = layer(x, positions, kv, meta)
-        return self.model.norm(x)
+            x, residual = layer(x, residual, positions, kv, meta)
+        return self.model.norm(x, residual)[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

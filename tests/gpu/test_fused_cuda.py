@@ -1,0 +1,51 @@
+"""The fused kernels (kernels/fused_triton.py) on the GPU: bfloat16 rounded where the torch
+references round, so the results agree bit for bit but for the rare rounding that the float32
+reductions' order flips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.fused import qk_norm_rope, qk_norm_rope_ref, rms_norm, rms_norm_ref
+
+pytestmark = pytest.mark.gpu
+BF16_UNIT = 2**-8  # relative size of one bfloat16 rounding step
+
+
+def randn(*shape, seed=0, scale=1.0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return (scale * torch.randn(shape, generator=g, device="cuda")).bfloat16()
+
+
+def assert_nearly_bitwise(got: torch.Tensor, want: torch.Tensor) -> None:
+    exact = (got == want).float().mean().item()
+    rel = ((got.float() - want.float()).abs() / want.float().abs().clamp_min(1e-3)).max().item()
+    assert exact > 0.99 and rel <= 2 * BF16_UNIT, (exact, rel)
+
+
+@pytest.mark.parametrize("n", [1024, 4096, 5120])
+def test_rms_norm_with_residual(n):
+    x, r, w = randn(64, n, seed=1, scale=4.0), randn(64, n, seed=2), randn(n, seed=3) + 1
+    out, total = rms_norm(x, w, 1e-6, r)
+    want_out, want_total = rms_norm_ref(x, w, 1e-6, r)
+    assert torch.equal(total, want_total)  # the sum rounds once, as torch's add does
+    assert_nearly_bitwise(out, want_out)
+    assert_nearly_bitwise(rms_norm(x, w, 1e-6), rms_norm_ref(x, w, 1e-6))
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_qk_norm_rope(norm):
+    T, h, h_kv, d = 300, 16, 8, 128
+    qk = randn(T, (h + h_kv) * d, seed=4, scale=2.0)
+    q, k = qk[:, : h * d].view(T, h, d), qk[:, h * d :].view(T, h_kv, d)
+    wq, wk = (randn(d, seed=5) + 1, randn(d, seed=6) + 1) if norm else (None, None)
+    inv = 1.0 / (1e6 ** (torch.arange(0, d, 2, dtype=torch.float32, device="cuda") / d))
+    f = torch.outer(torch.arange(4096, dtype=torch.float32, device="cuda"), inv)
+    cos, sin = f.cos(), f.sin()
+    positions = torch.randint(0, 4096, (T,), device="cuda")
+    want_q, want_k = qk_norm_rope_ref(q.clone(), k.clone(), wq, wk, 1e-6, cos, sin, positions)
+    got_q, got_k = qk_norm_rope(q, k, wq, wk, 1e-6, cos, sin, positions)
+    torch.testing.assert_close(got_q.float(), want_q.float(), atol=2e-2, rtol=2 * BF16_UNIT)
+    torch.testing.assert_close(got_k.float(), want_k.float(), atol=2e-2, rtol=2 * BF16_UNIT)
+    assert (got_q == want_q).float().mean() > 0.95
