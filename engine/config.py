@@ -25,6 +25,10 @@ class EngineConfig:
     attention_backend: str | None = None  # None: the best available (kernels/attention.py)
     cuda_graphs: bool = True  # replay decode steps from CUDA graphs (engine/cuda_graphs.py)
     max_graph_batch: int = 512  # the largest decode batch captured (also <= max_num_seqs)
+    # With CUDA graphs, a step that computes prompt tokens runs eagerly: several times slower
+    # than a replayed decode step. While requests decode, prompt tokens are taken at most every
+    # `prefill_interval` steps, so decodes mostly replay graphs and prompts are batched.
+    prefill_interval: int = 4
 
     @classmethod
     def for_mode(cls, mode: str, **overrides) -> EngineConfig:

@@ -56,8 +56,9 @@ class Engine:
         )
         num_blocks = config.num_blocks or self._blocks_that_fit()
         self.blocks = BlockManager(num_blocks, config.block_size)
-        self.scheduler = Scheduler(config, self.blocks)
         self.runner = ModelRunner(model, config, num_blocks, self.max_model_len)
+        graphed = self.runner.graphs is not None
+        self.scheduler = Scheduler(config, self.blocks, config.prefill_interval if graphed else 1)
         self.requests: dict[str, Request] = {}
         self.detoks: dict[str, IncrementalDetokenizer | None] = {}
         self.eos_ids = set(tokenizer.eos_token_ids) if tokenizer else set()

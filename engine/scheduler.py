@@ -7,6 +7,11 @@ than the budget or `max_prefill_chunk` are computed in chunks over several steps
 cache is full, the lowest-priority, most recently arrived request is preempted: its blocks are
 freed and it recomputes later (its full blocks are often still in the prefix cache). A waiting
 request of a higher priority class may preempt running ones of a lower class to get in.
+
+While requests are decoding, prompt tokens are scheduled at most every `prefill_interval` steps
+(1: every step). A step with prompt tokens cannot be replayed from a decode CUDA graph and costs
+several decode steps, so holding prompts for a few steps and taking them together keeps most
+steps graphed; a request waits at most `prefill_interval - 1` short steps for its first chunk.
 """
 
 from __future__ import annotations
@@ -43,11 +48,13 @@ def _rank(req: Request) -> tuple:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, blocks: BlockManager) -> None:
+    def __init__(self, config: EngineConfig, blocks: BlockManager, prefill_interval: int = 1):
         self.config = config
         self.blocks = blocks
+        self.prefill_interval = prefill_interval
         self.waiting: list[Request] = []
         self.running: list[Request] = []
+        self.steps_without_prompts = 0  # steps since one that computed prompt tokens
 
     def add(self, req: Request) -> None:
         req.status = Status.WAITING
@@ -78,9 +85,12 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         self._make_room_for_urgent(batch)
         urgent_preemptions = len(batch.preempted)
+        prompts = self._prompts_due()
         # decodes first, then prompt chunks; each in priority order
         for req in sorted(self.running, key=lambda r: (self._wants(r) > 1, *_rank(r))):
             if req.status is not Status.RUNNING or budget == 0:
+                continue
+            if not prompts and self._wants(req) > 1:
                 continue
             n = min(self._wants(req), budget, self.config.max_prefill_chunk)
             while (copies := self._grow(req, n)) is None:
@@ -93,9 +103,16 @@ class Scheduler:
                 continue
             batch.add(req, n, copies)
             budget -= n
-        if len(batch.preempted) == urgent_preemptions:  # no admissions while short of blocks
+        if prompts and len(batch.preempted) == urgent_preemptions:  # none while short of blocks
             budget = self._admit(batch, budget)
+        took_prompts = batch.num_tokens > len(batch)  # not decode-shaped: runs eagerly
+        self.steps_without_prompts = 0 if took_prompts else self.steps_without_prompts + 1
         return batch
+
+    def _prompts_due(self) -> bool:
+        """Whether this step may take prompt tokens (see the module docstring)."""
+        decoding = any(self._wants(r) == 1 for r in self.running)
+        return not decoding or self.steps_without_prompts + 1 >= self.prefill_interval
 
     def _admit(self, batch: Batch, budget: int) -> int:
         for req in sorted(self.waiting, key=_rank):

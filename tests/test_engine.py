@@ -283,3 +283,25 @@ def test_fork_shares_blocks_and_copies_on_write(model_dir):
     assert child.output_ids[2:] == alone.output_ids[:7]
     assert child.output_ids[2:] != parent.output_ids[2:9]
     assert eng.blocks.num_free == eng.blocks.num_blocks
+
+
+def test_prompts_wait_a_few_steps_while_others_decode(model_dir):
+    """With a prefill interval (set when decodes replay CUDA graphs), steps that take prompt
+    tokens come at most every `prefill_interval` steps while requests decode, never when none
+    decode, and greedy outputs do not change."""
+    prompts = [p["input_ids"] for p in PROMPTS]
+    want = [engine(model_dir).generate([p], greedy(10))[0] for p in prompts]
+    eng = engine(model_dir)
+    eng.scheduler.prefill_interval = 3
+    first = eng.add(prompts[0], greedy(10))
+    kinds = []
+    eng.step()  # nothing decodes yet: the prompt goes at once
+    assert first.num_computed_tokens == len(prompts[0])
+    late = [eng.add(p, greedy(10)) for p in prompts[1:]]
+    while eng.has_work():
+        eng.step()
+        kinds.append("prompt" if eng.scheduler.steps_without_prompts == 0 else "decode")
+    assert kinds[:3] == ["decode", "decode", "prompt"]  # waited two short steps
+    prompt_steps = [i for i, k in enumerate(kinds) if k == "prompt"]
+    assert all(b - a >= 3 for a, b in zip(prompt_steps, prompt_steps[1:], strict=False))
+    assert [first.output_ids, *[r.output_ids for r in late]] == want
