@@ -117,8 +117,11 @@ class AsrWorker:
         if ready:
             self._launch(ready)
         if self.engine.has_work():
-            for out in self.engine.step():
-                self._collect(out)
+            outputs = self.engine.step()
+            owners = {s.in_flight[0]: s for s in self.streams if s.in_flight is not None}
+            for out in outputs:
+                if out.request_id in owners:
+                    self._collect(owners[out.request_id], out)
 
     def fail(self, error: Exception) -> None:
         for s in self.streams:
@@ -225,12 +228,7 @@ class AsrWorker:
         """How a step decodes (the bench overrides it to fix output lengths)."""
         return SamplingParams(temperature=0.0, max_tokens=self.config.max_new_tokens)
 
-    def _collect(self, out: Output) -> None:
-        s = next(
-            (s for s in self.streams if s.in_flight and s.in_flight[0] == out.request_id), None
-        )
-        if s is None:
-            return
+    def _collect(self, s: Stream, out: Output) -> None:
         s.tokens += out.token_ids
         if out.finished:
             _, seg, plan, ids, encoded = s.in_flight

@@ -88,7 +88,10 @@ class RollbackSegment:
     def __init__(self, tokenizer: Tokenizer, config: RollbackConfig) -> None:
         self.tokenizer = tokenizer
         self.config = config
-        self.audio = np.zeros(0, dtype=np.float32)
+        # the segment's audio: a buffer that grows by doubling, so that feeding 100 ms at a time
+        # costs the chunk, not a copy of everything before it (minutes, at 512 streams)
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._size = 0
         self.stepped = 0  # samples the last step covered
         self.chunk_id = 0  # steps done, as the official state counts them
         self.raw = ""  # the last output
@@ -98,8 +101,19 @@ class RollbackSegment:
         self.committed = False  # no more audio: its final step is next
         self.revision = 0  # partial updates sent
 
+    @property
+    def audio(self) -> np.ndarray:
+        """The samples fed so far (a view: valid until the next feed)."""
+        return self._buffer[: self._size]
+
     def feed(self, x: np.ndarray) -> None:
-        self.audio = np.concatenate([self.audio, x])
+        end = self._size + x.size
+        if end > self._buffer.size:
+            grown = np.empty(max(end, 2 * self._buffer.size, SAMPLE_RATE), dtype=np.float32)
+            grown[: self._size] = self._buffer[: self._size]
+            self._buffer = grown
+        self._buffer[self._size : end] = x
+        self._size = end
 
     def due(self) -> int:
         """Samples the next partial step covers; 0 when less than a step is new."""

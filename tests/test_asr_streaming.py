@@ -14,7 +14,7 @@ from engine.asr_prompt import build_prompt, rollback
 from engine.config import EngineConfig
 from engine.engine import Engine
 from engine.request import InjectedEmbeds
-from engine.rollback import RollbackConfig
+from engine.rollback import RollbackConfig, RollbackSegment
 from engine.runtime import Runtime
 from engine.sampling import SamplingParams
 from engine.streaming import Final, Partial, StreamOptions
@@ -199,3 +199,16 @@ async def test_audio_after_a_commit_opens_the_next_segment(model_dir):
     runtime.shutdown()
     assert [(type(e), e.segment) for e in events] == [(Final, 0), (Final, 1)]
     assert [t.upto for t in trace] == [16000, 24000]
+
+
+def test_segment_audio_grows_by_chunks():
+    seg = RollbackSegment(None, RollbackConfig())
+    rng = np.random.default_rng(0)
+    chunks = [rng.standard_normal(n).astype(np.float32) for n in (1, 1600, 0, 17, 40_000, 1600)]
+    seen = []
+    for c in chunks:
+        seg.feed(c)
+        seen.append(seg.audio.copy())
+    for i, got in enumerate(seen):
+        np.testing.assert_array_equal(got, np.concatenate(chunks[: i + 1]))
+    assert seg.audio.size == sum(c.size for c in chunks)
