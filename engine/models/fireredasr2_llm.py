@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.models.fireredasr2 import ConformerEncoder, FireRedConfig, checkpoint_key
-from engine.models.qwen2 import Qwen2ForCausalLM, qwen2_config
+from engine.models.qwen2 import qwen2_config
+from engine.models.qwen3 import Qwen3ForCausalLM
 from engine.tokenizer import Tokenizer
 from engine.weights import load_safetensors
 from kernels.attention import AttentionBackend
@@ -60,7 +61,7 @@ class Adapter(nn.Module):
 
 
 class FireRedLlm(nn.Module):
-    def __init__(self, enc_cfg: FireRedConfig, llm: Qwen2ForCausalLM, rate: int) -> None:
+    def __init__(self, enc_cfg: FireRedConfig, llm: Qwen3ForCausalLM, rate: int) -> None:
         super().__init__()
         self.encoder = ConformerEncoder(enc_cfg)
         self.encoder_projector = Adapter(enc_cfg.d_model, llm.config.hidden_size, rate)
@@ -128,7 +129,7 @@ def build_fireredasr2_llm(
     if merge_lora(weights, state) == 0 and getattr(args, "use_lora", False):
         raise ValueError(f"{path}: use_lora is set but model.pth.tar has no LoRA pairs")
     with torch.device(device):
-        llm = Qwen2ForCausalLM(cfg, attn)
+        llm = Qwen3ForCausalLM(cfg, attn)
         model = FireRedLlm(enc_cfg, llm, getattr(args, "encoder_downsample_rate", 2))
     llm.load_weights(weights)
     model.load_audio_weights(state)

@@ -1,4 +1,6 @@
-"""Qwen3 dense decoder (the chat models, and the decoder inside Qwen3-ASR).
+"""Qwen3 dense decoder (the chat models, and the decoder inside Qwen3-ASR), and Qwen2 (the LLM
+of FireRedASR2-LLM): Qwen3's layers with biases on q, k and v and no per-head q/k RMSNorm
+(`Qwen3Config.qk_norm`, `attention_bias`; a config.json with model_type "qwen2" sets both).
 
 Per layer: RMSNorm -> attention (GQA; per-head RMSNorm on q and k before RoPE) -> residual ->
 RMSNorm -> SwiGLU MLP -> residual. Each residual add is fused into the next RMSNorm
@@ -35,6 +37,8 @@ class Qwen3Config:
     rope_theta: float = 1_000_000.0
     max_position_embeddings: int = 40960
     tie_word_embeddings: bool = False
+    qk_norm: bool = True  # per-head RMSNorm on q and k (Qwen3); Qwen2 has none
+    attention_bias: bool = False  # biases on the q, k and v projections (Qwen2)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Qwen3Config:
@@ -53,6 +57,8 @@ class Qwen3Config:
             rope_theta=rope.get("rope_theta", d.get("rope_theta", 1_000_000.0)),
             max_position_embeddings=d.get("max_position_embeddings", 40960),
             tie_word_embeddings=d.get("tie_word_embeddings", False),
+            qk_norm=d.get("model_type") != "qwen2",
+            attention_bias=d.get("attention_bias", d.get("model_type") == "qwen2"),
         )
 
 
@@ -60,12 +66,13 @@ class Attention(nn.Module):
     def __init__(self, cfg: Qwen3Config, rotary: Rotary, attn: AttentionBackend) -> None:
         super().__init__()
         self.h, self.h_kv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.h * self.d, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.h_kv * self.d, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.h_kv * self.d, bias=False)
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.h * self.d, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.h_kv * self.d, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.h_kv * self.d, bias=bias)
         self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=False)
-        self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
-        self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
+        self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.eps = cfg.rms_norm_eps
         self.rotary = rotary
         self.attn = attn
@@ -76,8 +83,8 @@ class Attention(nn.Module):
         q, k = qk_norm_rope(
             self.q_proj(x).view(T, self.h, self.d),
             self.k_proj(x).view(T, self.h_kv, self.d),
-            getattr(self.q_norm, "weight", None),  # None: no q/k norm (Qwen2)
-            getattr(self.k_norm, "weight", None),
+            self.q_norm.weight if self.q_norm is not None else None,  # None: rotary alone
+            self.k_norm.weight if self.k_norm is not None else None,
             self.eps,
             self.rotary.cos,
             self.rotary.sin,
