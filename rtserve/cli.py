@@ -150,9 +150,10 @@ def parser() -> argparse.ArgumentParser:
 
 def _bench_asr_flags(work) -> None:
     from engine.bench.asr import DEFAULT_BASELINE_PYTHON, DEFAULT_WORKLOADS, WORKLOADS
+    from engine.bench.chat import SHAPES as CHAT_SHAPES
     from engine.bench.synthetic import SHAPES
 
-    r = work.add_parser("asr", help="Qwen3-ASR streaming: step work, capacity, offline, wire")
+    r = work.add_parser("asr", help="ASR streaming: step work, capacity, mixed, offline, wire")
     r.add_argument(
         "--shape", default="qwen3-asr-0.6b", choices=sorted(SHAPES), help="random weights"
     )
@@ -171,6 +172,16 @@ def _bench_asr_flags(work) -> None:
     r.add_argument(
         "--drain-seconds", type=float, default=10.0, help="capacity: wait for late partials"
     )
+    r.add_argument("--mixed-streams", type=int, default=64, help="mixed: live ASR streams")
+    r.add_argument(
+        "--chat-shape",
+        default="qwen3-0.6b",
+        choices=sorted(CHAT_SHAPES),
+        help="mixed: the chat model's random weights",
+    )
+    r.add_argument("--chat-streams", type=int, default=32, help="mixed: chat requests at once")
+    r.add_argument("--chat-prompt-len", type=int, default=512, help="mixed: chat prompt tokens")
+    r.add_argument("--chat-output-len", type=int, default=256, help="mixed: chat output tokens")
     r.add_argument("--concurrency", type=int, default=128, help="offline clips at once")
     r.add_argument("--clip-seconds", type=float, default=20.0, help="offline clip length")
     r.add_argument("--token-rate", type=float, default=4.0, help="output tokens per second")
@@ -288,6 +299,11 @@ def bench_asr(a: argparse.Namespace) -> int:
         duration=a.duration,
         segment_seconds_live=a.segment_seconds_live,
         drain_seconds=a.drain_seconds,
+        mixed_streams=a.mixed_streams,
+        chat_shape=a.chat_shape,
+        chat_streams=a.chat_streams,
+        chat_prompt_len=a.chat_prompt_len,
+        chat_output_len=a.chat_output_len,
         concurrency=a.concurrency,
         clip_seconds=a.clip_seconds,
         token_rate=a.token_rate,

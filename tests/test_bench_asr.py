@@ -78,6 +78,30 @@ def test_capacity_two_streams_yields_latencies(system, signal):
     assert asr.max_streams_under([row], target_ms=1e9) == 2
 
 
+def test_mixed_measures_asr_alone_and_under_chat_load(system, signal):
+    """Two live streams alone, then beside four tiny chat requests on the same runtime thread:
+    both runs have latencies, the chat kept generating (and resubmitting) during the loaded
+    run, and the chat engine left the runtime and freed its requests afterwards."""
+    b = bench(duration=3.0, mixed_streams=2, chat_shape="qwen3-tiny", chat_streams=4)
+    b.chat_prompt_len, b.chat_output_len = 32, 8  # short requests: several finish and restart
+    m = asyncio.run(asr.mixed(system, b, signal))
+    assert m["streams"] == 2
+    for run in (m["alone"], m["loaded"]):
+        assert run["streams"] == 2 and run["partials"] >= 2 and run["failed_segments"] == 0
+        assert 0 < run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"] < 10_000
+    assert m["p95_ratio"] == pytest.approx(m["loaded"]["p95_ms"] / m["alone"]["p95_ms"])
+    assert m["within_target"] == (m["p95_ratio"] <= 1.5)
+    chat = m["chat"]
+    assert chat["shape"] == "qwen3-tiny" and chat["streams"] == 4
+    assert chat["num_blocks"] == 4 * (-(-(40 + 10) // 16) + 1)  # sized from the workload
+    assert chat["finished_requests"] > 4 and chat["output_tokens"] > 4 * 8
+    assert chat["output_tok_s"] == pytest.approx(chat["output_tokens"] / chat["seconds"])
+    assert system.runtime._workers == [system.worker]  # the chat engine is gone
+    rows = asr.rows({"mixed": m})
+    assert [r["workload"] for r in rows] == ["mixed alone", "mixed +chat"]
+    assert rows[1]["p95_x_alone"] == m["p95_ratio"] and rows[1]["chat_tok_s"] > 0
+
+
 def test_offline_four_clips(system, signal):
     b = bench(concurrency=4, clip_seconds=5.0)
     row = asyncio.run(asr.offline(system, b, signal, asr.clip_offsets(b, signal)))
@@ -131,6 +155,10 @@ def test_cli_parses_bench_asr():
         ["bench", "asr", "--shape", "tiny", "--workloads", "steps,wire", "--streams", "2,4"]
     )
     assert a.workload == "asr" and a.workloads == ("steps", "wire") and a.streams == (2, 4)
+    mixed = ["--workloads", "mixed", "--chat-shape", "qwen3-tiny", "--chat-streams", "8"]
+    m = parser().parse_args(["bench", "asr", *mixed])
+    assert m.workloads == ("mixed",) and m.chat_shape == "qwen3-tiny" and m.chat_streams == 8
+    assert (m.mixed_streams, m.chat_prompt_len, m.chat_output_len) == (64, 512, 256)
     default = parser().parse_args(["bench", "asr"])
     assert default.workloads == asr.DEFAULT_WORKLOADS and default.shape == "qwen3-asr-0.6b"
 

@@ -20,6 +20,15 @@ Workloads (`--workloads`, default all but wire):
   one ran late, final latency (commit to Final), the largest backlog (audio fed and not yet
   heard by the model; a step's 2 s is its floor), what was left when the drain ended, and the
   largest N whose p95 stays under 300 ms.
+- mixed: ASR partial latency under chat load (issue 8's target: p95 at most 1.5x ASR alone).
+  `mixed_streams` live streams as in capacity, run twice in the same process: alone, then while
+  a chat model on the same runtime thread (random weights in the Qwen3 shape `chat_shape`,
+  engine/bench/chat_load.py) keeps `chat_streams` requests of about `chat_prompt_len` prompt and
+  `chat_output_len` output tokens generating, resubmitted as they finish. The loaded run starts
+  once every chat stream has its first token. Reported: both runs' rows, the p50/p95/p99
+  ratios, and the chat output tokens/s over the loaded run (feeding and drain). The chat model
+  is loaded after the ASR engine sized its KV cache (on a GPU, 85% of the free memory): it gets
+  the rest, so keep it small (Qwen3-0.6B: ~1.2 GB of weights and ~3 GB of KV at 32 streams).
 - offline: `concurrency` clips of `clip_seconds`, each fed whole and committed at once;
   audio seconds transcribed per wall second.
 - baseline: qwen-asr's transformers backend in a subprocess (`bench/qwen_asr_baseline.py`, run
@@ -48,6 +57,10 @@ generated_tokens, step_ms};
 `capacity`: [{streams, p50_ms, p95_ms, p99_ms, final_p50_ms, final_p95_ms, final_p99_ms,
 partials, merged_steps, finals, failed_segments, max_backlog_s, end_backlog_s, feeding_s}] and
 `capacity_max_streams_p95_under_300ms`;
+`mixed`: {streams, alone: capacity row, loaded: capacity row, p50_ratio, p95_ratio, p99_ratio,
+p95_ratio_target, within_target, chat: {shape, streams, prompt_len, output_len, num_blocks,
+attention_backend, decode_steps, graph_share, output_tokens, finished_requests, seconds,
+output_tok_s}};
 `offline`: {concurrency, clip_seconds, output_tokens_per_clip, seconds, audio_s_per_s};
 `baseline`: {versions, device, dtype, steps: [{at_s, ids, step_ms, features_ms, prompt_tokens,
 audio_tokens, generated_tokens}] (the first at 2 s, then `positions`), offline: {as ours}} and
@@ -81,6 +94,7 @@ import torch
 from engine.asr import AsrHandle, AsrModel, AsrWorker, build_qwen3_asr
 from engine.asr_prompt import AUDIO_PAD
 from engine.bench import fun_asr_nano, report, synthetic
+from engine.bench.chat_load import ChatLoad, ChatLoadSpec
 from engine.config import EngineConfig
 from engine.engine import Engine
 from engine.models.fun_asr_nano import FunASRNanoConfig
@@ -94,7 +108,7 @@ SAMPLE_RATE = 16_000
 STEP = RollbackConfig().step_samples  # 2 s: the official chunk
 CHUNK = SAMPLE_RATE // 10  # 100 ms: what a live client sends at a time
 P95_TARGET_MS = 300.0
-WORKLOADS = ("steps", "capacity", "offline", "wire", "baseline")
+WORKLOADS = ("steps", "capacity", "mixed", "offline", "wire", "baseline")
 DEFAULT_WORKLOADS = ("steps", "capacity", "offline", "baseline")
 REPO = Path(__file__).resolve().parents[2]
 BASELINE_SCRIPT = REPO / "bench" / "qwen_asr_baseline.py"
@@ -102,6 +116,7 @@ NANO_BASELINE_SCRIPT = REPO / "bench" / "fun_asr_nano_baseline.py"  # funasr's F
 LOADGEN_SCRIPT = REPO / "bench" / "loadgen.py"
 DEFAULT_BASELINE_PYTHON = str(REPO / ".venv-ref" / "bin" / "python")
 STEP_TIMEOUT_S = 600.0  # one step of the steps workload, on the slowest device
+MIXED_P95_RATIO_TARGET = 1.5  # issue 8: ASR p95 under full chat load vs alone
 
 
 class BenchError(RuntimeError):
@@ -175,6 +190,11 @@ class AsrBench:
     duration: float = 30.0  # capacity and wire
     segment_seconds_live: float = 20.0  # capacity and wire
     drain_seconds: float = 10.0  # capacity: the most the last steps are waited for
+    mixed_streams: int = 64  # mixed: live ASR streams, alone and under chat load
+    chat_shape: str = "qwen3-0.6b"  # mixed: the chat model's random-weight shape
+    chat_streams: int = 32  # mixed: chat requests generating at any time
+    chat_prompt_len: int = 512
+    chat_output_len: int = 256
     concurrency: int = 128  # offline
     clip_seconds: float = 20.0  # offline
     token_rate: float = 4.0
@@ -194,6 +214,12 @@ class AsrBench:
     @property
     def lengths(self) -> OutputLengths:
         return OutputLengths(self.token_rate, self.header_tokens)
+
+    @property
+    def chat(self) -> ChatLoadSpec:
+        return ChatLoadSpec(
+            self.chat_shape, self.chat_streams, self.chat_prompt_len, self.chat_output_len
+        )
 
     @property
     def name(self) -> str:
@@ -223,6 +249,7 @@ class System:
 
     model: AsrModel
     runtime: Runtime
+    engine_config: EngineConfig  # what its engine was built with (the chat load's base)
     config: dict[str, Any]  # its config.json
     source: Path | None  # the folder it was loaded from; None: random weights, in memory
 
@@ -259,7 +286,7 @@ def load_system(b: AsrBench) -> System:
     runtime = Runtime(name="bench-asr")
     if b.model is not None and fun_asr_nano.is_fun_asr_nano(b.model):
         served = fun_asr_nano.load_fixed(b.model, "bench", b.lengths, runtime, config)
-        return System(served, runtime, {}, b.model)
+        return System(served, runtime, config, {}, b.model)
     if b.model is not None:
         model, tokenizer = build_qwen3_asr(b.model, config)
         config_json = json.loads((b.model / "config.json").read_text())
@@ -268,7 +295,7 @@ def load_system(b: AsrBench) -> System:
             b.shape, b.device, dtype, b.seed, b.attention_backend
         )
     served = fixed_length_model(model, tokenizer, config, b.lengths, runtime, "bench")
-    return System(served, runtime, config_json, b.model)
+    return System(served, runtime, config, config_json, b.model)
 
 
 # ---- run ----
@@ -299,7 +326,8 @@ def run(b: AsrBench) -> dict[str, Any]:
     torch.manual_seed(b.seed)
     signal = synthetic.speech_like(b.signal_seconds(), b.seed)
     n_steps = int(b.segment_seconds * SAMPLE_RATE) // STEP
-    units = {"steps": n_steps, "capacity": len(b.streams), "offline": 1, "baseline": 1, "wire": 1}
+    units = {"steps": n_steps, "capacity": len(b.streams), "mixed": 2}
+    units |= {"offline": 1, "baseline": 1, "wire": 1}
     progress = Progress(1 + sum(units[w] for w in workloads))
     progress.tick("loading the model")
     system = load_system(b)
@@ -363,6 +391,8 @@ def _in_process(
             progress.tick(f"capacity: {n} streams")
             result["capacity"].append(asyncio.run(capacity(system, b, signal, n)))
         result["capacity_max_streams_p95_under_300ms"] = max_streams_under(result["capacity"])
+    if "mixed" in workloads:
+        result["mixed"] = asyncio.run(mixed(system, b, signal, progress))
     offsets = clip_offsets(b, signal)
     plan["offline"] = {
         "concurrency": b.concurrency,
@@ -629,6 +659,57 @@ def max_streams_under(rows_: list[dict[str, Any]], target_ms: float = P95_TARGET
     return max(ok) if ok else None
 
 
+# ---- mixed ----
+
+
+async def mixed(
+    system: System, b: AsrBench, signal: np.ndarray, progress: Progress | None = None
+) -> dict[str, Any]:
+    """The capacity workload at `mixed_streams`, alone and then under chat load on the same
+    runtime thread (the server's arrangement: engine/runtime.py steps the ASR worker first)."""
+    n = b.mixed_streams
+    if progress:
+        progress.tick(f"mixed: {n} streams alone")
+    alone = await capacity(system, b, signal, n)
+    if progress:
+        progress.tick(f"mixed: {n} streams + {b.chat_streams} chat requests")
+    load = ChatLoad(b.chat, system.runtime, system.engine_config, b.seed)
+    try:
+        load.start()
+        await load.running(STEP_TIMEOUT_S)
+        tokens0, finished0, t0 = load.tokens, load.finished, time.perf_counter()
+        loaded = await capacity(system, b, signal, n)
+        seconds = time.perf_counter() - t0
+        load.check()
+        chat = load.describe() | {
+            "output_tokens": load.tokens - tokens0,
+            "finished_requests": load.finished - finished0,
+            "seconds": seconds,
+            "output_tok_s": (load.tokens - tokens0) / seconds,
+        }
+    finally:
+        await load.stop()
+        del load
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    ratios = {f"p{q}_ratio": _ratio(loaded[f"p{q}_ms"], alone[f"p{q}_ms"]) for q in (50, 95, 99)}
+    p95 = ratios["p95_ratio"]
+    return (
+        {"streams": n, "alone": alone, "loaded": loaded}
+        | ratios
+        | {
+            "p95_ratio_target": MIXED_P95_RATIO_TARGET,
+            "within_target": p95 is not None and p95 <= MIXED_P95_RATIO_TARGET,
+            "chat": chat,
+        }
+    )
+
+
+def _ratio(loaded: float | None, alone: float | None) -> float | None:
+    return loaded / alone if loaded is not None and alone else None
+
+
 # ---- offline ----
 
 
@@ -782,7 +863,7 @@ def _wait_for_health(port: int, server: subprocess.Popen, log: Path, timeout=900
 STEP_COLUMNS = ["workload", "at", "enc_tok", "prefill_tok", "prompt_tok", "out_tok", "step_ms"]
 STEP_COLUMNS += ["rt_streams", "vs_baseline"]
 LOAD_COLUMNS = ["workload", "at", "p50_ms", "p95_ms", "p99_ms", "lag_s", "audio_s_per_s"]
-LOAD_COLUMNS += ["errors", "vs_baseline"]
+LOAD_COLUMNS += ["errors", "vs_baseline", "chat_tok_s", "p95_x_alone"]
 
 
 def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -800,6 +881,8 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_steps_row("baseline steps", at, s["audio_tokens"], s["prompt_tokens"], s))
     for c in result.get("capacity", []):
         out.append(_load_row("capacity", f"N={c['streams']}", c) | {"lag_s": c["max_backlog_s"]})
+    if "mixed" in result:
+        out += _mixed_rows(result["mixed"])
     offline_ref = base.get("offline")
     if "offline" in result:
         o = result["offline"]
@@ -819,6 +902,15 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         row = _load_row("wire", f"N={w['streams']}", w) | {"errors": w["errors"]}
         out.append(row | {"lag_s": w.get("max_lag_ms", 0) / 1000})
     return out
+
+
+def _mixed_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """ASR alone, then under chat load (with the chat's tokens/s and the p95 ratio)."""
+    at = f"N={m['streams']}"
+    alone = _load_row("mixed alone", at, m["alone"]) | {"lag_s": m["alone"]["max_backlog_s"]}
+    loaded = _load_row("mixed +chat", f"{at} chat={m['chat']['streams']}", m["loaded"])
+    loaded |= {"lag_s": m["loaded"]["max_backlog_s"], "chat_tok_s": m["chat"]["output_tok_s"]}
+    return [alone, loaded | {"p95_x_alone": m["p95_ratio"]}]
 
 
 def _steps_row(workload: str, at: str, enc: int, prefill: int, s: dict) -> dict[str, Any]:
@@ -855,6 +947,14 @@ def summarize(result: dict[str, Any], out: Path, name: str) -> str:
     if "capacity" in result:
         n = result["capacity_max_streams_p95_under_300ms"]
         parts.append(f"capacity: largest N with p95 partial latency < 300 ms: {n}")
+    if "mixed" in result:
+        m = result["mixed"]
+        verdict = "within" if m["within_target"] else "misses"
+        parts.append(
+            f"mixed: p95 partial latency under chat load = {_x(m['p95_ratio'])} ASR alone "
+            f"({verdict} the {m['p95_ratio_target']:g}x target); chat "
+            f"{m['chat']['output_tok_s']:.0f} output tokens/s over {m['chat']['streams']} streams"
+        )
     if "first_step_ids_equal" in result:
         parts.append(f"first step ids equal to the baseline's: {result['first_step_ids_equal']}")
     for workload in ("baseline", "wire"):
@@ -862,6 +962,10 @@ def summarize(result: dict[str, Any], out: Path, name: str) -> str:
             parts.append(f"{workload} failed: {result[workload]['error']}")
     parts.append(f"JSON: {path}" + (f"\nplot: {png}" if plotted else ""))
     return "\n\n".join(parts)
+
+
+def _x(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}x"
 
 
 def _panels(result: dict[str, Any]) -> list[dict[str, Any]]:
