@@ -44,7 +44,7 @@ from engine.funasr_text import CharTokens
 from engine.models.paraformer import FRAME_SAMPLES, ChunkConfig, Paraformer, ParaformerConfig
 from engine.models.paraformer import StreamState as ModelState
 from engine.runtime import Runtime
-from engine.streaming import Final, Partial, SegmentFailed, StreamOptions, TranscriptEvent
+from engine.streaming import Final, Partial, SegmentFailed, StreamOptions, TranscriptEvent, Word
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Segment:
     frontend_state: Any = None  # chunked: the online front end's cache
     language: str | None = None  # segment: detected by the last decode (None: the worker's)
     tags: dict[str, str] | None = None  # segment: what the last decode tagged (SenseVoice)
+    words: tuple[Word, ...] | None = None  # segment: the last decode's timed words
 
     def feed(self, x: np.ndarray) -> None:
         if x.size:
@@ -228,7 +229,8 @@ class _Worker:
         s.queue.remove(seg)  # the state is dropped before anyone hears of the final
         s.base += seg.received
         self._update_consumed(s)
-        self._emit(s, Final(seg.index, seg.text, seg.language or self.language, seg.tags))
+        language = seg.language or self.language
+        self._emit(s, Final(seg.index, seg.text, language, seg.tags, seg.words))
         self._maybe_close(s)
 
     @staticmethod
@@ -303,6 +305,7 @@ class Decoded:
     text: str
     language: str | None = None  # detected by the model; None: the worker's `language`
     tags: dict[str, str] | None = None  # e.g. SenseVoice's {"emotion": "NEUTRAL", ...}
+    words: tuple[Word, ...] | None = None  # timed words, from models that give them
 
 
 class SegmentWorker(_Worker):
@@ -338,7 +341,7 @@ class SegmentWorker(_Worker):
                 decoded[i] = d
         for (s, seg), d in zip(jobs, decoded, strict=True):
             seg.consumed = seg.received
-            seg.text, seg.language, seg.tags = d.text, d.language, d.tags
+            seg.text, seg.language, seg.tags, seg.words = d.text, d.language, d.tags, d.words
             if seg.committed:
                 self._finalize(s, seg)
             else:

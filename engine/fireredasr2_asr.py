@@ -2,7 +2,9 @@
 segments, partials by re-decoding the open segment every `step_seconds`, finals at commits; the
 segments due in a step share one batched encoder call and one beam search on the engine
 (engine/aed_engine_search.py: beams are forked requests sharing KV blocks, cross-attention keys
-computed once per segment), each segment getting what it would get alone.
+computed once per segment), each segment getting what it would get alone. Finals carry the
+words with their times, from CTC forced alignment as the package's `return_timestamp` gives
+them (engine/ctc_timestamps.py).
 
 Segments are at most `max_segment_seconds` long (60 s by default: the released AED's limit,
 beyond which it may hallucinate); the session commits a segment that reaches it, as if the
@@ -27,11 +29,12 @@ from audio.kaldi_cmvn import FireRedFrontend
 from engine.aed_beam_search import BeamSettings
 from engine.aed_engine_search import aed_engine, engine_beam_search
 from engine.chunked import Decoded, FunasrHandle, SegmentWorker, Stream
+from engine.ctc_timestamps import END_MS, FRAME_MS, token_timestamps
 from engine.engine import Engine
 from engine.fireredasr2_tokens import FireRedTokens
 from engine.models.fireredasr2 import FireRedAed, FireRedConfig
 from engine.runtime import Runtime
-from engine.streaming import StreamOptions
+from engine.streaming import StreamOptions, Word
 
 AED_MAX_SEGMENT_SECONDS = 60.0
 REQUIRED_FILES = ("model.pth.tar", "cmvn.ark", "dict.txt")
@@ -75,7 +78,16 @@ class FireRedWorker(SegmentWorker):
         dtype = self.model.ctc_lo.weight.dtype
         enc, lengths = self.model.encoder(feats.to(dtype), frames)
         hyps = engine_beam_search(self.engine, enc, lengths, self.settings)
-        return [Decoded(self.tokens.text(h[0].ids)) for h in hyps]
+        log_probs = self.model.ctc_log_probs(enc)  # (S, T', V)
+        out = []
+        for i, h in enumerate(hyps):
+            ids = h[0].ids
+            # the end of the segment's last 25 ms fbank window (within 10 ms of its audio's end)
+            duration = (int(frames[i]) - 1) * FRAME_MS / 1000 + END_MS / 1000
+            stamps = token_timestamps(log_probs[i, : int(lengths[i])], ids, duration, self.tokens)
+            words = tuple(Word(text, start, end) for text, start, end in stamps)
+            out.append(Decoded(self.tokens.text(ids), words=words))
+        return out
 
 
 @dataclass
@@ -87,6 +99,7 @@ class FireRedServed:
     worker: FireRedWorker
     max_segment_seconds: float = AED_MAX_SEGMENT_SECONDS  # the session commits at this length
     kind: str = field(default="asr", init=False)
+    word_timestamps: bool = field(default=True, init=False)  # finals carry CTC-aligned words
 
     def validate(self, options: StreamOptions) -> None:
         """Any language is accepted (the model has no language query)."""

@@ -39,12 +39,22 @@ class Partial:
 
 
 @dataclass(frozen=True)
+class Word:
+    """A word of a final transcript and when it was said."""
+
+    text: str
+    start: float  # seconds from the segment's start (the session shifts them to its clock)
+    end: float
+
+
+@dataclass(frozen=True)
 class Final:
     segment: int
     text: str
     language: str | None = None  # as detected or forced
     tags: dict[str, str] | None = None  # what else the model labelled the segment with, e.g.
     # SenseVoice's {"language": "zh", "emotion": "NEUTRAL", "event": "Speech", "textnorm": "woitn"}
+    words: tuple[Word, ...] | None = None  # from models that time their words (`word_timestamps`)
 
 
 @dataclass(frozen=True)

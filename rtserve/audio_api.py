@@ -38,6 +38,7 @@ async def transcriptions(request: Request) -> Response:
         model = server.asr_model(form.get("model") or None)
     except UnknownModel as e:
         raise ApiError(404, str(e), "not_found_error", "model", "model_not_found") from None
+    words = _wants_words(form, fmt, model)
     options = StreamOptions(form.get("language") or None, form.get("prompt") or None)
     data = await upload.read()
     try:
@@ -55,8 +56,26 @@ async def transcriptions(request: Request) -> Response:
 
     if str(form.get("stream", "false")).lower() == "true":
         return StreamingResponse(stream_events(run), media_type="text/event-stream")
-    body, media = render(await run(), fmt)
+    body, media = render(await run(), fmt, words)
     return Response(body, media_type=media)
+
+
+GRANULARITIES = ("segment", "word")
+
+
+def _wants_words(form, fmt: str, model) -> bool:
+    """timestamp_granularities[]: segments are always in verbose_json; words when asked for,
+    from a model that times its words."""
+    asked = [str(g) for key in ("timestamp_granularities[]", "timestamp_granularities")
+             for g in form.getlist(key)]  # fmt: skip
+    param = "timestamp_granularities"
+    if any(g not in GRANULARITIES for g in asked):
+        raise ApiError(400, f"{param} takes {' and '.join(GRANULARITIES)}", param=param)
+    if asked and fmt != "verbose_json":
+        raise ApiError(400, f"{param} needs response_format verbose_json", param=param)
+    if "word" in asked and not getattr(model, "word_timestamps", False):
+        raise ApiError(400, f"model {model.name!r} does not give word timestamps", param=param)
+    return "word" in asked
 
 
 transcriptions = api(transcriptions)

@@ -21,7 +21,7 @@ import numpy as np
 from audio.decode import AudioFormatError
 from audio.input import TARGET_RATE, AudioInput
 from audio.vad import Endpointer, SpeechStarted, SpeechStopped, VadConfig
-from engine.streaming import AsrModel, Final, Partial, StreamHandle, StreamOptions
+from engine.streaming import AsrModel, Final, Partial, StreamHandle, StreamOptions, Word
 from rtserve.config import Limits
 from rtserve.metrics import Metrics
 from rtserve.transcript import SegmentTranscript
@@ -90,6 +90,13 @@ class TranscriptDone:
     end_ms: int
     language: str | None
     tags: dict[str, str] | None = None  # what a model says about the audio (emotion, event)
+    words: tuple[Word, ...] | None = None  # seconds on the session's audio clock
+
+    def words_json(self) -> list[dict] | None:
+        """The words as every protocol sends them (OpenAI's verbose_json shape), or None."""
+        if self.words is None:
+            return None
+        return [{"word": w.text, "start": w.start, "end": w.end} for w in self.words]
 
 
 @dataclass(frozen=True)
@@ -505,7 +512,15 @@ class TranscriptionSession:
         if up.delta:
             self.emit(TranscriptUpdate(seg.id, up.delta, up.stable, "", up.revision))
         end = seg.start + seg.fed
-        self.emit(TranscriptDone(seg.id, up.stable, ms(seg.start), ms(end), ev.language, ev.tags))
+        words = None
+        if ev.words is not None:
+            at = seg.start / TARGET_RATE
+            words = tuple(
+                Word(w.text, round(at + w.start, 3), round(at + w.end, 3)) for w in ev.words
+            )
+        self.emit(
+            TranscriptDone(seg.id, up.stable, ms(seg.start), ms(end), ev.language, ev.tags, words)
+        )
 
     def _note(self, repaired: bool) -> None:
         if repaired:

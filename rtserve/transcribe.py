@@ -17,7 +17,7 @@ import numpy as np
 from audio.decode import decode_file
 from audio.resample import resample
 from audio.vad import VadConfig
-from engine.streaming import StreamOptions
+from engine.streaming import StreamOptions, Word
 from rtserve.config import Limits
 from rtserve.metrics import Metrics
 from rtserve.session import (
@@ -42,6 +42,7 @@ class Segment:
     end: float
     text: str
     language: str | None
+    words: tuple[Word, ...] | None = None  # from models with `word_timestamps`
 
 
 @dataclass
@@ -56,6 +57,10 @@ class Transcript:
     @property
     def language(self) -> str | None:
         return next((s.language for s in self.segments if s.language), None)
+
+    @property
+    def words(self) -> list[Word]:
+        return [w for s in self.segments for w in s.words or ()]
 
 
 def load_audio(data: bytes) -> np.ndarray:
@@ -86,7 +91,12 @@ async def transcribe(
             on_text(ev.delta)
         elif isinstance(ev, TranscriptDone):
             seg = Segment(
-                len(result.segments), ev.start_ms / 1000, ev.end_ms / 1000, ev.text, ev.language
+                len(result.segments),
+                ev.start_ms / 1000,
+                ev.end_ms / 1000,
+                ev.text,
+                ev.language,
+                ev.words,
             )
             result.segments.append(seg)
         elif isinstance(ev, TranscriptFailed):
@@ -114,8 +124,9 @@ async def transcribe(
     return result
 
 
-def render(t: Transcript, fmt: str) -> tuple[str, str]:
-    """(body, media type) of a transcript in an OpenAI response_format."""
+def render(t: Transcript, fmt: str, words: bool = False) -> tuple[str, str]:
+    """(body, media type) of a transcript in an OpenAI response_format; `words` adds the timed
+    words to verbose_json (timestamp_granularities[]=word)."""
     if fmt == "text":
         return t.text + "\n", "text/plain"
     if fmt == "json":
@@ -131,6 +142,8 @@ def render(t: Transcript, fmt: str) -> tuple[str, str]:
                 {"id": s.id, "start": s.start, "end": s.end, "text": s.text} for s in t.segments
             ],
         }
+        if words:
+            body["words"] = [{"word": w.text, "start": w.start, "end": w.end} for w in t.words]
         return json.dumps(body, ensure_ascii=False), "application/json"
     if fmt in ("srt", "vtt"):
         return _subtitles(t, fmt), "text/plain" if fmt == "srt" else "text/vtt"

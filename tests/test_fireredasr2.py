@@ -31,7 +31,7 @@ from engine.fireredasr2_tokens import FireRedTokens
 from engine.loader import ModelLoadError, ModelSpec, find_family, load
 from engine.runtime import Runtime
 from engine.streaming import Final, Partial, StreamOptions
-from tests.clients import NativeClient, RealtimeClient
+from tests.clients import FunasrClient, NativeClient, RealtimeClient
 from tests.server import make_server, running
 from tests.tiny_models import (
     FIXTURES,
@@ -419,16 +419,50 @@ async def test_realtime_stream_and_transcriptions(served):
     await n.recv()
     await n.audio(pcm16_exact("hello"), chunk=32000)
     await n.send("end")
-    assert (await n.wait_for("final"))["text"] == case("hello")["text"]
+    final = await n.wait_for("final")
+    assert final["text"] == case("hello")["text"]
+    assert_words([[w["word"], w["start"], w["end"]] for w in final["words"]], "hello")
+    await n.close()
+    f = await FunasrClient.connect(served, "/?model=firered")
+    results = await f.transcribe(pcm16_exact("hello"), mode="offline")
+    offline = [r for r in results if r["mode"] == "offline" and r["text"]]
+    want = case("hello")["timestamp"]
+    assert len(offline) == 1  # the whole clip, one segment: its timed words in milliseconds
+    assert json.loads(offline[0]["timestamp"]) == offline[0]["stamp_sents"][0]["ts_list"]
+    assert np.allclose(
+        json.loads(offline[0]["timestamp"]), [[1000 * s, 1000 * e] for _, s, e in want], atol=11
+    )
+    await f.close()
     buf = io.BytesIO()
     sf.write(buf, fireredasr2_audio("speech_4s"), 16000, format="WAV", subtype="PCM_16")
     async with httpx.AsyncClient(timeout=60) as http:
         r = await http.post(
             f"http://{served}/v1/audio/transcriptions",
             files={"file": ("a.wav", buf.getvalue())},
-            data={"model": "firered", "response_format": "verbose_json"},
+            data={
+                "model": "firered",
+                "response_format": "verbose_json",
+                "timestamp_granularities[]": ["word", "segment"],
+            },
         )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["segments"] and body["text"] == " ".join(s["text"] for s in body["segments"])
     assert body["text"].strip() and not math.isnan(body["duration"])
+    # the file is cut into segments by the server's VAD: each segment's words lie inside it
+    words = body["words"]
+    assert words and all(w["start"] <= w["end"] for w in words)
+    for seg in body["segments"]:
+        inside = [w for w in words if seg["start"] <= w["start"] <= seg["end"]]
+        assert inside and all(w["end"] <= seg["end"] + 0.011 for w in inside)
+    assert sum(
+        seg["start"] <= w["start"] <= seg["end"] for w in words for seg in body["segments"]
+    ) == len(words)
+
+
+def assert_words(words: list, clip: str) -> None:
+    """A served final's timed words are the package's `return_timestamp` words; the times agree
+    within 11 ms (the served path knows the segment's length to its last 10 ms fbank frame)."""
+    want = case(clip)["timestamp"]
+    assert [w[0] for w in words] == [w[0] for w in want]
+    assert np.allclose([w[1:] for w in words], [w[1:] for w in want], atol=0.011)

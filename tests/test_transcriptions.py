@@ -89,3 +89,19 @@ def test_transcription_errors(url):
     assert r.status_code == 400 and "language" in r.json()["error"]["message"]
     r = post(content=b"{}", headers={"content-type": "application/json"})
     assert r.status_code == 400
+
+
+def test_word_timestamps_are_asked_for_properly(url):
+    """timestamp_granularities[]: verbose_json only, `segment` or `word`, and words only from a
+    model that times them (tone-asr does not; FireRedASR2 does: tests/test_fireredasr2.py)."""
+    post = lambda **kw: httpx.post(f"http://{url}/v1/audio/transcriptions", **kw)  # noqa: E731
+    audio = {"file": ("a.wav", wav(speech()))}
+    param = "timestamp_granularities"
+    r = post(files=audio, data={"timestamp_granularities[]": "word"})
+    assert r.status_code == 400 and "verbose_json" in r.json()["error"]["message"]
+    r = post(files=audio, data={"response_format": "verbose_json", f"{param}[]": "letter"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+    r = post(files=audio, data={"response_format": "verbose_json", f"{param}[]": "word"})
+    assert r.status_code == 400 and "word timestamps" in r.json()["error"]["message"]
+    r = post(files=audio, data={"response_format": "verbose_json", f"{param}[]": "segment"})
+    assert r.status_code == 200 and r.json()["segments"] and "words" not in r.json()

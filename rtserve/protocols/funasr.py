@@ -468,16 +468,22 @@ class FunasrConnection(Connection):
                 self._online_piece(ev, mode)
             case TranscriptDone():
                 if ev.text and mode in OFFLINE_LABEL:
+                    # word times in ms, as FunASR's timestamp models give them (models with
+                    # `word_timestamps`; empty otherwise)
+                    stamps = [[round(w.start * 1000), round(w.end * 1000)] for w in ev.words or ()]
                     sentence = {
                         "text_seg": ev.text,
                         "punc": "",
                         "start": ev.start_ms,
                         "end": ev.end_ms,
-                        "ts_list": [],
+                        "ts_list": stamps,
                     }
+                    extra: dict[str, Any] = {"stamp_sents": [sentence]}
+                    if stamps:
+                        extra["timestamp"] = json.dumps(stamps)
                     text = self._separator(ev.segment, ev.text[0]) + ev.text
                     self._tail = ev.text[-1]
-                    self.send(self.result(OFFLINE_LABEL[mode], text, stamp_sents=[sentence]))
+                    self.send(self.result(OFFLINE_LABEL[mode], text, **extra))
                 self._seps.pop(ev.segment, None)
                 self._online.pop(ev.segment, None)
             case TranscriptFailed():

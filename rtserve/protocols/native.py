@@ -184,6 +184,7 @@ class NativeConnection(Connection):
                         "end_ms": ev.end_ms,
                         "language": ev.language,
                         "tags": ev.tags,
+                        "words": ev.words_json(),
                     }
                 )
             case TranscriptFailed():

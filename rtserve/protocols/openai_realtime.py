@@ -442,6 +442,7 @@ class RealtimeConnection(Connection):
                             "end_ms": ev.end_ms,
                             "language": ev.language,
                             "tags": ev.tags,
+                            "words": ev.words_json(),
                         },
                     }
                 )
