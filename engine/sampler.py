@@ -49,10 +49,12 @@ def sample(logits: torch.Tensor, reqs: list[Request]) -> list[int]:
     top_k = torch.tensor([reqs[i].params.top_k for i in rows], device=dev)
     top_p = torch.tensor([reqs[i].params.top_p for i in rows], device=dev)
     probs = top_k_top_p(sub, top_k, top_p).softmax(-1)
-    # exponential race: argmax(p / E), E ~ Exp(1), draws from p; seeded rows use their generator
-    race = torch.empty_like(probs)
+    # exponential race: argmax(p / E), E ~ Exp(1), draws from p. One draw for the whole batch;
+    # seeded rows then redraw from their own generator (one launch each, so only those).
+    race = torch.empty_like(probs).exponential_()
     for j, i in enumerate(rows):
-        race[j].exponential_(generator=reqs[i].generator)
+        if reqs[i].generator is not None:
+            race[j].exponential_(generator=reqs[i].generator)
     picked = (probs / race).argmax(-1)
     out = greedy.clone()
     out[rows] = picked

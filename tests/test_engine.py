@@ -144,6 +144,15 @@ def test_sampling_knobs(model_dir):
     assert run(temperature=1.0, top_k=1, seed=5) == run(temperature=0.0)  # top-1 is greedy
     assert run(temperature=1.0, top_p=1e-6, seed=5) == run(temperature=0.0)
     assert len(run(temperature=0.0, max_tokens=3)) == 3
+    # a seeded request samples the same tokens whatever unseeded requests share its batch
+    seeded = SamplingParams(temperature=1.5, seed=7, max_tokens=8, ignore_eos=True)
+    free = SamplingParams(temperature=1.5, max_tokens=8, ignore_eos=True)
+    alone = eng.generate([ids], seeded)[0]
+    reqs = [eng.add(PROMPTS[0]["input_ids"], free), eng.add(ids, seeded)]
+    reqs.append(eng.add(PROMPTS[2]["input_ids"], free))
+    while eng.has_work():
+        eng.step()
+    assert reqs[1].output_ids == alone
 
 
 def test_sampler_distribution_follows_top_k_and_temperature():
