@@ -113,8 +113,11 @@ class AsrWorker:
         return self.engine.has_work() or any(self._wants_step(s) for s in self.streams)
 
     def step(self) -> None:
+        # Steps are launched (features, one batched encoder call, prompts submitted) just before
+        # an engine step that takes prompts: launching every turn would run the encoder for one
+        # or two streams at a time between graphed decode steps (engine/scheduler.py).
         ready = [s for s in self.streams if self._wants_step(s)]
-        if ready:
+        if ready and self.engine.scheduler.prompts_due():
             self._launch(ready)
         if self.engine.has_work():
             outputs = self.engine.step()

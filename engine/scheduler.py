@@ -85,7 +85,7 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         self._make_room_for_urgent(batch)
         urgent_preemptions = len(batch.preempted)
-        prompts = self._prompts_due()
+        prompts = self.prompts_due()
         # decodes first, then prompt chunks; each in priority order
         for req in sorted(self.running, key=lambda r: (self._wants(r) > 1, *_rank(r))):
             if req.status is not Status.RUNNING or budget == 0:
@@ -109,8 +109,8 @@ class Scheduler:
         self.steps_without_prompts = 0 if took_prompts else self.steps_without_prompts + 1
         return batch
 
-    def _prompts_due(self) -> bool:
-        """Whether this step may take prompt tokens (see the module docstring)."""
+    def prompts_due(self) -> bool:
+        """Whether the next step may take prompt tokens (see the module docstring)."""
         decoding = any(self._wants(r) == 1 for r in self.running)
         return not decoding or self.steps_without_prompts + 1 >= self.prefill_interval
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from audio.features import whisper_features
-from engine.asr import build_qwen3_asr, load_qwen3_asr
+from engine.asr import AsrModel, AsrWorker, build_qwen3_asr, load_qwen3_asr
 from engine.asr_prompt import build_prompt, rollback
 from engine.config import EngineConfig
 from engine.engine import Engine
@@ -212,3 +212,40 @@ def test_segment_audio_grows_by_chunks():
     for i, got in enumerate(seen):
         np.testing.assert_array_equal(got, np.concatenate(chunks[: i + 1]))
     assert seg.audio.size == sum(c.size for c in chunks)
+
+
+async def test_launches_wait_for_a_step_that_takes_prompts(model_dir):
+    """With a prefill interval (CUDA graphs on), a stream that becomes due while others decode
+    is launched just before the next step that takes prompts, and transcripts do not change.
+    The worker is driven by hand here (no runtime thread), one turn at a time."""
+    audio = long_audio(4.0)
+
+    async def run(interval: int) -> tuple[list, list[bool]]:
+        config = EngineConfig(**CPU)
+        model, tokenizer = build_qwen3_asr(model_dir, config)
+        engine = Engine(model.decoder, tokenizer, config)
+        engine.scheduler.prefill_interval = interval
+        worker = AsrWorker(model, tokenizer, engine, ROLLBACK)
+        asr = AsrModel("tiny", worker)
+        a, b = asr.open_stream(StreamOptions()), asr.open_stream(StreamOptions())
+        b_waiting = []
+
+        def turn() -> None:
+            worker.take_inbox()
+            worker.step()
+
+        a.feed(audio[:32000])
+        turn()  # a is launched at once: nothing decodes
+        turn()
+        b.feed(audio[32000:64000])
+        while worker.has_work():
+            turn()
+            b_waiting.append(b._stream.in_flight is None and b._stream.queue[0].stepped == 0)
+        await asyncio.sleep(0)  # let the deliveries through
+        events = [a._queue.get_nowait(), b._queue.get_nowait()]
+        return events, b_waiting
+
+    want, _ = await run(1)
+    got, b_waiting = await run(3)
+    assert got == want
+    assert b_waiting[0]  # b was due but waited for a step that takes prompts
