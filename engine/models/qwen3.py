@@ -8,7 +8,8 @@ RMSNorm -> SwiGLU MLP -> residual. Each residual add is fused into the next RMSN
 embeddings may be injected at given positions (audio or image features at placeholder tokens).
 Parameter names follow the Hugging Face checkpoints, so their state dicts load as they are.
 Works on a flat batch of T tokens from many sequences; the KV cache is paged
-(kernels/attention.py).
+(kernels/attention.py). `forward_dense` is the same model without a cache, for training: padded
+(B, L) rows, causal SDPA, the torch references of the fused kernels (autograd-safe everywhere).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.models.layers import GatedMLP, RMSNorm, Rotary
 from kernels.attention import AttentionBackend, AttentionMetadata, store_kv
-from kernels.fused import qk_norm_rope
+from kernels.fused import qk_norm_rope, qk_norm_rope_ref, rms_norm_ref
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,26 @@ class Attention(nn.Module):
         o = self.attn(q, k_cache, v_cache, meta, self.scale)  # (T, H, D)
         return self.o_proj(o.reshape(T, self.h * self.d))
 
+    def dense(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, hidden), right-padded rows; causal attention within each row."""
+        B, L, _ = x.shape
+        q, k = qk_norm_rope_ref(
+            self.q_proj(x).view(B, L, self.h, self.d),
+            self.k_proj(x).view(B, L, self.h_kv, self.d),
+            getattr(self.q_norm, "weight", None),
+            getattr(self.k_norm, "weight", None),
+            self.eps,
+            self.rotary.cos,
+            self.rotary.sin,
+            positions,
+        )
+        v = self.v_proj(x).view(B, L, self.h_kv, self.d)
+        # KV heads repeated rather than enable_gqa: every SDPA kernel (flash included) takes it.
+        k, v = (t.repeat_interleave(self.h // self.h_kv, dim=2) for t in (k, v))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        return self.o_proj(o.transpose(1, 2).reshape(B, L, self.h * self.d))
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: Qwen3Config, rotary: Rotary, attn: AttentionBackend) -> None:
@@ -114,6 +136,12 @@ class DecoderLayer(nn.Module):
         x = self.self_attn(x, positions, kv, meta)
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
+
+    def dense(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The layer on (B, L, hidden) without a cache; returns the new residual stream."""
+        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
+        x = x + self.self_attn.dense(rms_norm_ref(x, norm1.weight, norm1.eps), positions)
+        return x + self.mlp(rms_norm_ref(x, norm2.weight, norm2.eps))
 
 
 class Qwen3Model(nn.Module):
@@ -152,6 +180,15 @@ class Qwen3ForCausalLM(nn.Module):
         for layer, kv in zip(self.model.layers, kv_caches, strict=True):
             x, residual = layer(x, residual, positions, kv, meta)
         return self.model.norm(x, residual)[0]
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: x (B, L, hidden) input embeddings (audio already injected), rows
+        right-padded (causal attention never lets a real token see the padding after it).
+        Returns the final-normed hidden states (B, L, hidden)."""
+        positions = torch.arange(x.shape[1], device=x.device)
+        for layer in self.model.layers:
+            x = layer.dense(x, positions)
+        return rms_norm_ref(x, self.model.norm.weight, self.model.norm.eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

@@ -1,0 +1,247 @@
+"""The demo recognizer's training pipeline (train/): data generator, tokenizer, dense training
+forward, loss going down, resumable runs, export loaded by the production loader, and WER."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors import safe_open
+
+from audio.features import whisper_features
+from engine.asr import build_qwen3_asr
+from engine.asr_prompt import build_prompt
+from engine.config import EngineConfig
+from engine.engine import Engine
+from engine.request import InjectedEmbeds
+from engine.runtime import Runtime
+from engine.tokenizer import Tokenizer
+from tests.qwen3_golden import prompt_logits
+from tests.tiny_models import FIXTURES, qwen3_asr_audio
+from tests.tiny_models import build_qwen3_asr as build_checkpoint
+from train import make_data
+from train.data import batches, load_manifests
+from train.evaluate import load_model, transcribe
+from train.export import MAX_BYTES, export
+from train.model import Batcher, build_model, config_json
+from train.tokenizer import ANSWER_PREFIX, write_tokenizer
+from train.train_asr import lr_at
+from train.train_asr import main as train_main
+from train.wer import edit_distance, normalize, wer
+
+CPU = EngineConfig(device="cpu", dtype=torch.float32, block_size=4, num_blocks=1024)
+CLIPS = {  # tests/fixtures/make_speech.sh
+    "hello": "Hello, this is a speech server test.",
+    "weather": "The weather today is sunny with a light breeze.",
+}
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "you",
+    "that",
+    "it",
+    "for",
+    "on",
+    "was",
+    "with",
+    "he",
+    "as",
+    "have",
+    "be",
+    "at",
+    "one",
+    "this",
+]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """The two committed speech clips as a train and a held-out manifest (one shard each)."""
+    root = tmp_path_factory.mktemp("clips")
+    (root / "shards").mkdir()
+    rows = []
+    for name, text in CLIPS.items():
+        shutil.copyfile(FIXTURES / f"{name}.ogg", root / "shards" / f"{name}.ogg")
+        n = sf.info(str(root / "shards" / f"{name}.ogg")).frames
+        rows.append({"id": name, "audio": f"shards/{name}.ogg", "start": 0, "samples": n})
+        rows[-1]["text"] = text
+    for manifest in ("train.jsonl", "heldout.jsonl"):
+        (root / manifest).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tok")
+    write_tokenizer(folder, list(CLIPS.values()) * 20, 320)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tok_dir) -> Tokenizer:
+    return Tokenizer.from_folder(tok_dir)
+
+
+def test_make_data_writes_disjoint_opus_manifests(tmp_path):
+    made = make_data.generate(tmp_path, 1, 20 / 3600, 0.25, seed=3, workers=1, words=WORDS)
+    train, held = made["a"], made["heldout"]
+    assert len(train) >= 3 and len(held) >= 2
+    held_variants = {r["voice"].split("+")[1] for r in held}
+    train_variants = {r["voice"].split("+")[1] for r in train}
+    assert held_variants <= set(make_data.HELDOUT_VARIANTS)
+    assert not held_variants & train_variants
+    sentences = {make_data.normalize_text(r["text"]) for r in held}
+    assert not sentences & {make_data.normalize_text(r["text"]) for r in train}
+    assert all(len(s.split()) >= 5 for s in sentences)
+    for split, manifest in (("a", "train.jsonl"), ("heldout", "heldout.jsonl")):
+        lines = (tmp_path / split / manifest).read_text().splitlines()
+        assert [json.loads(line) for line in lines] == made[split]
+        info = sf.info(str(tmp_path / split / made[split][0]["audio"]))
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "OPUS")
+    utts = load_manifests([tmp_path / "a" / "train.jsonl"])
+    for u, r in zip(utts, train, strict=True):
+        assert u.audio.size == r["samples"] and u.text == r["text"]
+        rms = float(np.sqrt(np.mean(u.audio**2)))
+        assert 1e-4 < rms < 0.5  # speech survived the encoding, within the gain range
+    # the same seed makes the same corpus
+    again = make_data.generate(tmp_path / "again", 1, 20 / 3600, 0.25, 3, 1, WORDS)
+    assert again == made
+
+
+def test_batches_cover_every_utterance_once_within_the_budget(clips):
+    utts = load_manifests([clips / "train.jsonl"]) * 7
+    seen = []
+    for batch in batches(utts, 12.0, random.Random(0), pool=3):
+        longest = max(u.audio.size for u in batch)
+        assert len(batch) == 1 or len(batch) * longest <= 12.0 * 16000
+        seen += batch
+    assert len(seen) == len(utts)
+
+
+def test_tokenizer_round_trip_and_qwen3_asr_tokens(tokenizer):
+    text = ANSWER_PREFIX + "Hello, this is the weather? Yes."
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text  # <asr_text> is not special
+    v = tokenizer.vocab_size
+    assert 300 < v <= 320  # two sentences run out of merges before 320
+    names = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_end|>"]
+    names += ["<|audio_pad|>", "<asr_text>"]
+    assert [tokenizer.token_to_id(n) for n in names] == list(range(v - 7, v))  # after the BPE
+    assert tokenizer.token_to_id("<|im_end|>") in tokenizer.eos_token_ids
+    prompt = build_prompt(tokenizer)
+    assert tokenizer.decode(prompt.ids(tokenizer, 2)) == (
+        "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<|audio_start|><|audio_pad|>"
+        "<|audio_pad|><|audio_end|><|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_dense_forward_and_batched_encoder_match_the_engine(tmp_path):
+    model, tok = build_qwen3_asr(build_checkpoint(tmp_path / "tiny"), CPU)
+    batcher = Batcher(model, tok)
+    audio = torch.from_numpy(qwen3_asr_audio("synthetic_12s"))  # two 8 s attention windows
+    with torch.no_grad():
+        (embeds,) = batcher.audio([audio], torch.device("cpu"))
+        feats, _ = whisper_features(audio)
+        torch.testing.assert_close(embeds, model.encoder(feats[0]), atol=1e-5, rtol=1e-5)
+        prompt = build_prompt(tok)
+        ids = prompt.ids(tok, embeds.shape[0], prefix="language English<asr_text>Hi")
+        engine = Engine(model.decoder, tok, CPU)
+        want = prompt_logits(engine, ids, [InjectedEmbeds(prompt.audio_start(), embeds)])
+        hidden = model.decoder.forward_dense(batcher.embed([ids, ids[:40]], [embeds, embeds]))
+        got = model.decoder.logits(hidden[0])
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        # a shorter row in the same batch: its logits do not see the padding after it
+        torch.testing.assert_close(
+            model.decoder.logits(hidden[1, :40]), want[:40], atol=1e-4, rtol=1e-4
+        )
+
+
+@pytest.fixture(scope="module")
+def overfit(tokenizer, clips) -> tuple[Batcher, list[float]]:
+    """The tiny preset trained for 40 steps on the two clips, and its losses."""
+    torch.manual_seed(0)
+    model = build_model(config_json("tiny", tokenizer))
+    batcher = Batcher(model, tokenizer)
+    utts = load_manifests([clips / "train.jsonl"])
+    waves = [torch.from_numpy(u.audio) for u in utts]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = batcher.loss(waves, [u.text for u in utts])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return batcher, losses
+
+
+def test_training_steps_reduce_the_loss(overfit):
+    _, losses = overfit
+    assert np.mean(losses[-3:]) < 0.1 * np.mean(losses[:3]), losses
+
+
+@pytest.mark.anyio
+async def test_export_loads_in_the_production_loader_and_transcribes(
+    overfit, tokenizer, tok_dir, clips, tmp_path
+):
+    batcher, _ = overfit
+    folder = tmp_path / "model"
+    size = export(batcher.model, config_json("tiny", tokenizer), tok_dir, folder)
+    assert 0 < size < MAX_BYTES
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert f.get_tensor(keys[0]).dtype == torch.bfloat16
+    assert all(k.startswith(("thinker.audio_tower.", "thinker.model.")) for k in keys)
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "qwen3_asr"
+    utts = load_manifests([clips / "train.jsonl"])
+    dense = batcher.transcribe([torch.from_numpy(u.audio) for u in utts])
+    runtime = Runtime()
+    try:
+        served = load_model(folder, "cpu", runtime)  # engine.loader.load, as `rtserve serve`
+        texts = [await transcribe(served, u.audio, streaming=False) for u in utts]
+    finally:
+        runtime.shutdown()
+    # The engine decodes the bf16 export as the training code decodes the float32 model, and
+    # what comes out is text the model learnt (40 steps do not yet tell the two clips apart).
+    assert texts == dense
+    assert all(t in CLIPS.values() for t in texts), texts
+
+
+def test_training_runs_resume_from_their_checkpoint(clips, tmp_path):
+    args = ["--data", str(clips), "--heldout", str(clips), "--run", str(tmp_path / "run")]
+    args += ["--preset", "tiny", "--batch-seconds", "30", "--device", "cpu"]
+    first = train_main([*args, "--max-steps", "3"])
+    assert first["step"] == 3 and (tmp_path / "run" / "model" / "model.safetensors").exists()
+    second = train_main([*args, "--max-steps", "5"])
+    assert second["step"] == 5
+    assert second["train_seconds"] > first["train_seconds"]
+    assert [e["step"] for e in second["log"] if "heldout_wer" in e] == [3, 5]
+
+
+def test_learning_rate_warms_up_then_follows_the_time_cosine():
+    assert lr_at(0, 0.0, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(9, 0.0, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(100, 0.5, 1.0, 10) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert lr_at(100, 1.5, 1.0, 10) == pytest.approx(0.05)
+
+
+def test_wer():
+    assert normalize("Hello, World! It's 5 o'clock.") == ["hello", "world", "it's", "5", "o'clock"]
+    assert edit_distance(["a", "b", "c", "d"], ["a", "x", "c"]) == 2
+    assert wer([("The cat sat.", "the cat sat"), ("on the mat", "on mat the")]) == pytest.approx(
+        2 / 6
+    )
+    assert wer([("one two", "")]) == 1.0
+    assert wer([("", "extra words")]) == 2.0  # insertions against an empty reference count

@@ -1,0 +1,202 @@
+"""The demo recognizer for training: its config, the teacher-forced loss and greedy decoding.
+
+The model is the production one (engine/models/qwen3_asr.py: AuT encoder + Qwen3 decoder), built
+from a released-layout config.json dict, so what trains is exactly what the server loads. The
+encoder runs its batched window path (`encode_windows`, plain torch); the decoder its dense
+path (`forward_dense`). The prompt comes from the production prompt builder (engine/asr_prompt.py):
+the system turn is empty, the answer is `language English<asr_text>TEXT<|im_end|>`, and audio
+without speech answers `language None<asr_text>`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audio.features import whisper_features
+from engine.asr_prompt import Prompt, build_prompt, parse_output
+from engine.models.qwen3_asr import Qwen3ASR, Qwen3ASRConfig, audio_tokens
+from engine.tokenizer import Tokenizer
+from kernels.attention import backend
+from train.tokenizer import ANSWER_PREFIX, SILENCE_ANSWER
+
+# (audio_config, text_config) sizes. "default" is the shipped model: 7.3 M parameters, 14 MiB
+# in bf16 (the issue's limit is 16 MiB); "small" trains on a CPU in minutes; "tiny" is for tests.
+PRESETS: dict[str, tuple[dict, dict]] = {
+    "default": (
+        dict(d_model=256, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=1024,
+             downsample_hidden_size=64, output_dim=256),
+        dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=64),
+    ),
+    "small": (
+        dict(d_model=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=512,
+             downsample_hidden_size=32, output_dim=128),
+        dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=2,
+             num_key_value_heads=1, head_dim=64),
+    ),
+    "tiny": (
+        dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
+             downsample_hidden_size=8, output_dim=32),
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+             num_key_value_heads=1, head_dim=16),
+    ),
+}  # fmt: skip
+MAX_POSITIONS = 8192
+ROPE_THETA = 1_000_000.0
+AUDIO_TOKENS = ("<|audio_start|>", "<|audio_end|>", "<|audio_pad|>")
+
+
+def config_json(preset: str, tokenizer: Tokenizer) -> dict:
+    """config.json of the released Qwen3-ASR layout for a preset and a tokenizer."""
+    audio, text = PRESETS[preset]
+    start, end, pad = (tokenizer.token_to_id(t) for t in AUDIO_TOKENS)
+    half = text["head_dim"] // 2
+    side = half * 5 // 16  # the released [24, 20, 20] of 64, scaled to this head size
+    audio_config = {
+        **audio,
+        "num_mel_bins": 128,
+        "n_window": 50,
+        "n_window_infer": 800,
+        "max_source_positions": 1500,
+        "activation_function": "gelu",
+        "num_hidden_layers": audio["encoder_layers"],
+        "model_type": "qwen3_asr_audio_encoder",
+    }
+    text_config = {
+        **text,
+        "vocab_size": tokenizer.vocab_size,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": ROPE_THETA,
+        "rope_scaling": {
+            "rope_type": "default",
+            "mrope_section": [half - 2 * side, side, side],
+            "interleaved": True,
+        },
+        "max_position_embeddings": MAX_POSITIONS,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "model_type": "qwen3_asr_text",
+    }
+    return {
+        "architectures": ["Qwen3ASRForConditionalGeneration"],
+        "model_type": "qwen3_asr",
+        "support_languages": ["English"],
+        "thinker_config": {
+            "audio_config": audio_config,
+            "text_config": text_config,
+            "audio_token_id": pad,
+            "audio_start_token_id": start,
+            "audio_end_token_id": end,
+            "model_type": "qwen3_asr_thinker",
+        },
+    }
+
+
+def build_model(config: dict, device: torch.device | str = "cpu") -> Qwen3ASR:
+    """A freshly initialised model (tied embeddings: no lm_head is stored) on `device`."""
+    cfg = Qwen3ASRConfig.from_dict(config, lm_head_stored=False)
+    with torch.device(device):
+        model = Qwen3ASR(cfg, backend("sdpa"))
+    for m in model.modules():
+        # Small normal weights: nn.Embedding's N(0, 1), tied to lm_head, would start with
+        # logits of size ~sqrt(hidden).
+        if isinstance(m, nn.Linear | nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+    return model
+
+
+class Batcher:
+    """Turns utterances into model inputs: features, audio embeddings, prompt ids, labels."""
+
+    def __init__(self, model: Qwen3ASR, tokenizer: Tokenizer) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompt: Prompt = build_prompt(tokenizer)
+        self.end_id = tokenizer.token_to_id("<|im_end|>")
+        self.fill_id = tokenizer.token_to_id("<|endoftext|>")
+        self.window = model.config.audio.window_frames
+
+    def audio(self, waves: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        """16 kHz waveforms -> their audio-token embeddings (one (n_i, hidden) each)."""
+        lengths = torch.tensor([w.numel() for w in waves])
+        x = torch.zeros(len(waves), int(lengths.max()), device=device)
+        for i, w in enumerate(waves):
+            x[i, : w.numel()] = w.to(device)
+        feats, frames = whisper_features(x, lengths.to(device))
+        windows, owners = [], []
+        dtype = self.model.encoder.conv_out.weight.dtype
+        for i, n in enumerate(frames.tolist()):
+            for a in range(0, n, self.window):
+                windows.append(feats[i, :, a : min(a + self.window, n)].to(dtype))
+                owners.append(i)
+        out = self.model.encoder.encode_windows(windows)
+        per_item: list[list[torch.Tensor]] = [[] for _ in waves]
+        for i, h in zip(owners, out, strict=True):
+            per_item[i].append(h)
+        embeds = [torch.cat(p) for p in per_item]
+        for e, n in zip(embeds, frames.tolist(), strict=True):
+            assert e.shape[0] == audio_tokens(n)
+        return embeds
+
+    def answer_ids(self, text: str) -> list[int]:
+        answer = ANSWER_PREFIX + text if text else SILENCE_ANSWER
+        return self.tokenizer.encode(answer) + [self.end_id]
+
+    def embed(self, rows: list[list[int]], audio: list[torch.Tensor]) -> torch.Tensor:
+        """(B, L) right-padded token rows -> input embeddings with the audio pads replaced."""
+        device = audio[0].device
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.fill_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        ids = ids.to(device)
+        x = self.model.decoder.model.embed_tokens(ids)
+        mask = ids == self.prompt.pad_id
+        return x.masked_scatter(mask[..., None], torch.cat(audio).to(x.dtype))
+
+    def loss(self, waves: list[torch.Tensor], texts: list[str]) -> torch.Tensor:
+        """Mean cross entropy of the answers (transcript and end token), teacher forced."""
+        audio = self.audio(waves, self.model.decoder.lm_head.weight.device)
+        rows, labels = [], []
+        for a, text in zip(audio, texts, strict=True):
+            prompt = self.prompt.ids(self.tokenizer, a.shape[0])
+            answer = self.answer_ids(text)
+            rows.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        hidden = self.model.decoder.forward_dense(self.embed(rows, audio))
+        width = hidden.shape[1]
+        target = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
+        target = target.to(hidden.device)[:, 1:]  # position t predicts token t + 1
+        keep = target != -100
+        logits = self.model.decoder.lm_head(hidden[:, :-1][keep])
+        return F.cross_entropy(logits.float(), target[keep])
+
+    @torch.no_grad()
+    def transcribe(self, waves: list[torch.Tensor], max_new: int = 96) -> list[str]:
+        """Greedy decoding of a batch with the dense path (recomputes the whole prefix each
+        token: simple, and cheap at these sizes). Returns the parsed transcripts."""
+        audio = self.audio(waves, self.model.decoder.lm_head.weight.device)
+        rows = [self.prompt.ids(self.tokenizer, a.shape[0]) for a in audio]
+        starts = [len(r) for r in rows]
+        done = [False] * len(rows)
+        stops = set(self.tokenizer.eos_token_ids) | {self.end_id, self.fill_id}
+        for _ in range(max_new):
+            hidden = self.model.decoder.forward_dense(self.embed(rows, audio))
+            last = torch.tensor([len(r) - 1 for r in rows], device=hidden.device)
+            logits = self.model.decoder.lm_head(hidden[torch.arange(len(rows)), last])
+            for i, t in enumerate(logits.argmax(-1).tolist()):
+                if not done[i]:
+                    rows[i].append(t)
+                    done[i] = t in stops
+            if all(done):
+                break
+        texts = []
+        for r, s in zip(rows, starts, strict=True):
+            raw = self.tokenizer.decode(r[s:], skip_special_tokens=True)
+            texts.append(parse_output(raw)[1])
+        return texts

@@ -1,0 +1,218 @@
+"""Trains the demo recognizer in short resumable runs, each stopping before a wall-clock budget.
+
+    python -m train.train_asr --data .data/asr/a .data/asr/b --heldout .data/asr/heldout \
+        --run RUN_DIR --minutes 9 --total-minutes 25
+
+The first run trains the tokenizer on the train transcripts and starts the model from scratch;
+later runs with the same RUN_DIR resume from `RUN_DIR/checkpoint.pt` (weights, AdamW state,
+step, training seconds so far). The learning rate warms up over the first steps, then follows a
+cosine over *training time* (--total-minutes across all runs), so runs of any length add up to
+one schedule. Each run logs the train loss, measures greedy WER on held-out utterances every
+--eval-every steps and at its end, saves the checkpoint, and exports the model to
+RUN_DIR/model (the released layout, bf16).
+
+On CUDA it trains under bf16 autocast with TF32 matmuls; on a CPU in float32 (the smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from engine.tokenizer import Tokenizer
+from train.data import Utterance, batches, load_manifests
+from train.export import export
+from train.model import Batcher, build_model, config_json
+from train.tokenizer import write_tokenizer
+from train.wer import wer
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def lr_at(step: int, progress: float, peak: float, warmup: int, floor: float = 0.05) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from peak to floor * peak over progress
+    (the share of the total training time spent, 0..1)."""
+    warm = min(1.0, (step + 1) / warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return peak * warm * (floor + (1 - floor) * cosine)
+
+
+def load_checkpoint(run: Path, device: str) -> tuple[torch.nn.Module, dict, dict]:
+    """(model, config.json dict, the rest of the state) from RUN_DIR/checkpoint.pt."""
+    state = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
+    config = json.loads(state.pop("config"))
+    model = build_model(config, device)
+    model.load_state_dict(state.pop("model"))
+    return model, config, state
+
+
+def save_checkpoint(run: Path, model, config: dict, optimizer, state: dict) -> None:
+    tmp = run / (CHECKPOINT + ".tmp")
+    torch.save(
+        {
+            "config": json.dumps(config),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            **state,
+        },
+        tmp,
+    )
+    tmp.replace(run / CHECKPOINT)  # a run killed while saving keeps the previous checkpoint
+
+
+def held_out_wer(batcher: Batcher, utts: list[Utterance], batch: int = 64) -> tuple[float, list]:
+    batcher.model.eval()
+    pairs = []
+    for i in range(0, len(utts), batch):
+        part = utts[i : i + batch]
+        hyps = batcher.transcribe([torch.from_numpy(u.audio) for u in part])
+        pairs += [(u.text, h) for u, h in zip(part, hyps, strict=True)]
+    batcher.model.train()
+    return wer(pairs), pairs
+
+
+def silence(rng: random.Random, seconds: float) -> Utterance:
+    """Noise without speech (its answer is `language None<asr_text>`), so that VAD false
+    starts do not make the model invent words."""
+    n = int(seconds * 16000)
+    level = 10 ** rng.uniform(-4, -1.5)
+    x = torch.randn(n, generator=torch.Generator().manual_seed(rng.randrange(2**31))) * level
+    return Utterance("silence", x.numpy(), "")
+
+
+def add_noise(waves: list[torch.Tensor], rng: random.Random) -> list[torch.Tensor]:
+    """On-the-fly augmentation on top of the generator's: white noise at 10-50 dB SNR on half
+    of the utterances (a different draw every epoch)."""
+    out = []
+    for w in waves:
+        if rng.random() < 0.5:
+            snr = rng.uniform(10, 50)
+            w = w + torch.randn_like(w) * w.pow(2).mean().sqrt() * 10 ** (-snr / 20)
+        out.append(w)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, nargs="+", required=True, help="folders with train.jsonl")
+    ap.add_argument("--heldout", type=Path, help="folder with heldout.jsonl")
+    ap.add_argument("--run", type=Path, required=True, help="checkpoint and export folder")
+    ap.add_argument("--preset", default="default", help="model size (new runs only)")
+    ap.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of this run")
+    ap.add_argument("--total-minutes", type=float, default=25.0, help="training time, all runs")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=300, help="warm-up steps")
+    ap.add_argument("--batch-seconds", type=float, default=800.0, help="padded audio per batch")
+    ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--eval-utterances", type=int, default=256)
+    ap.add_argument("--limit", type=int, help="utterances per manifest (smoke runs, tests)")
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--max-steps", type=int, help="stop after this many steps (tests)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    t_start = time.time()
+    deadline = t_start + a.minutes * 60
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    a.run.mkdir(parents=True, exist_ok=True)
+
+    train = load_manifests([d / "train.jsonl" for d in a.data], a.limit)
+    heldout = load_manifests([a.heldout / "heldout.jsonl"], a.eval_utterances) if a.heldout else []
+    hours = sum(u.audio.size for u in train) / 16000 / 3600
+    print(f"data: {len(train)} utterances, {hours:.2f} h; held-out {len(heldout)}", flush=True)
+
+    if (a.run / CHECKPOINT).exists():
+        model, config, state = load_checkpoint(a.run, a.device)
+        tokenizer = Tokenizer.from_folder(a.run / "tokenizer")
+        print(f"resumed at step {state['step']}", flush=True)
+    else:
+        tokenizer = write_tokenizer(a.run / "tokenizer", [u.text for u in train])
+        config = config_json(a.preset, tokenizer)
+        model = build_model(config, a.device)
+        state = {"step": 0, "train_seconds": 0.0, "epoch": 0, "log": []}
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: {params / 1e6:.2f} M parameters", flush=True)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=a.lr,
+        betas=(0.9, 0.98),
+        fused=cuda,
+    )
+    if "optimizer" in state:
+        optimizer.load_state_dict(state.pop("optimizer"))
+    batcher = Batcher(model, tokenizer)
+    rng = random.Random(a.seed * 1000 + state["epoch"])
+    model.train()
+
+    def evaluate() -> None:
+        if heldout:
+            score, pairs = held_out_wer(batcher, heldout)
+            state["log"].append({"step": state["step"], "heldout_wer": score})
+            print(f"step {state['step']}: held-out WER {score:.3f} on {len(pairs)}", flush=True)
+            for ref, hyp in pairs[:3]:
+                print(f"  ref: {ref}\n  hyp: {hyp}", flush=True)
+
+    # Keep enough time for the final evaluation, the checkpoint and the export.
+    reserve = 20.0 + (0.15 * len(heldout) if cuda else 1.0 * len(heldout))
+    losses: list[float] = []
+    stop = False
+    while not stop:
+        for batch in batches(train, a.batch_seconds, rng):
+            if time.time() > deadline - reserve or state["step"] == a.max_steps:
+                stop = True
+                break
+            t0 = time.time()
+            progress = state["train_seconds"] / (a.total_minutes * 60)
+            lr = lr_at(state["step"], progress, a.lr, a.warmup)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            if rng.random() < 0.5:  # about 2% of utterances are silence
+                batch = batch + [silence(rng, rng.uniform(0.5, 4.0))]
+            waves = add_noise([torch.from_numpy(u.audio) for u in batch], rng)
+            with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
+                loss = batcher.loss(waves, [u.text for u in batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            state["step"] += 1
+            state["train_seconds"] += time.time() - t0
+            if state["step"] % a.log_every == 0:
+                mean = sum(losses) / len(losses)
+                state["log"].append({"step": state["step"], "loss": mean, "lr": lr})
+                print(
+                    f"step {state['step']} loss {mean:.3f} lr {lr:.2e} "
+                    f"progress {progress:.2f} ({time.time() - t_start:.0f} s)",
+                    flush=True,
+                )
+                losses = []
+            if state["step"] % a.eval_every == 0:
+                evaluate()
+        else:
+            state["epoch"] += 1
+    evaluate()
+    save_checkpoint(a.run, model, config, optimizer, state)
+    size = export(model, config, a.run / "tokenizer", a.run / "model")
+    print(
+        f"saved step {state['step']}; model {size / 2**20:.2f} MiB; "
+        f"run {time.time() - t_start:.0f} s",
+        flush=True,
+    )
+    return state
+
+
+if __name__ == "__main__":
+    main()
