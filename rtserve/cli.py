@@ -157,7 +157,13 @@ def _bench_asr_flags(work) -> None:
     r.add_argument(
         "--shape", default="qwen3-asr-0.6b", choices=sorted(SHAPES), help="random weights"
     )
-    r.add_argument("--model", type=Path, default=None, help="a checkpoint folder instead")
+    r.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a checkpoint folder instead: Qwen3-ASR, Fun-ASR-Nano, or FunASR's Paraformer("
+        "-streaming) / SenseVoiceSmall (capacity, offline and funasr's baseline only)",
+    )
     r.add_argument(
         "--workloads",
         type=_names,
@@ -191,7 +197,8 @@ def _bench_asr_flags(work) -> None:
     r.add_argument(
         "--baseline-python",
         default=DEFAULT_BASELINE_PYTHON,
-        help="an interpreter with qwen-asr and transformers 4.57.6 (default %(default)s)",
+        help="an interpreter with qwen-asr and transformers 4.57.6, or with funasr 1.4.16 for "
+        "FunASR folders (default %(default)s)",
     )
     r.add_argument("--baseline-repeats", type=int, default=3, help="baseline runs per step")
     r.add_argument("--performance-mode", choices=get_args(PerformanceMode), default="balanced")
@@ -285,7 +292,7 @@ def bench(a: argparse.Namespace) -> int:
 
 
 def bench_asr(a: argparse.Namespace) -> int:
-    from engine.bench import asr
+    from engine.bench import asr, funasr_asr
 
     if a.serve:
         return bench_asr_serve(a)
@@ -321,6 +328,12 @@ def bench_asr(a: argparse.Namespace) -> int:
         b.device = a.device
     if a.dtype:
         b.dtype = a.dtype
+    if a.model is not None and funasr_asr.is_funasr(a.model):
+        # Paraformer and SenseVoice serve in float32 unless told otherwise (CIF thresholds)
+        b.dtype = a.dtype or "float32"
+        result = funasr_asr.run(b)
+        print(funasr_asr.summarize(result, a.out, f"asr-{b.name}"))
+        return 0
     try:
         result = asr.run(b)
     except asr.BenchError as e:

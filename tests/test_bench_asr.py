@@ -223,3 +223,143 @@ def test_fun_asr_nano_shape_writer(tmp_path):
     assert tok.encode("<|im_end|>") == [synthetic.token_ids()["<|im_end|>"]]
     embed = model.llm.model.embed_tokens.weight
     assert embed.abs().sum(1).nonzero().flatten().tolist() == synthetic.TEXT_BYTES
+
+
+# ---- FunASR: Paraformer, Paraformer-streaming, SenseVoiceSmall ----
+
+FUNASR_GOLDEN = Path(__file__).parent / "fixtures" / "bench_funasr_baseline.json"
+FUNASR_CLIPS = dict(concurrency=3, clip_seconds=3.2)  # 5 chunks of 600 ms and a 200 ms tail
+
+
+def funasr_folders(root: Path) -> dict[str, Path]:
+    """The tiny test checkpoints, and the released-shape writer's folders shrunk."""
+    from engine.bench import funasr_shapes
+    from tests.tiny_models import build_paraformer, build_sensevoice
+
+    folders = {
+        "paraformer": build_paraformer(root / "paraformer", seed=0),
+        "paraformer-streaming": build_paraformer(root / "streaming", seed=0, streaming=True),
+        "sensevoice": build_sensevoice(root / "sensevoice", seed=0),
+    }
+    for shape in funasr_shapes.SHAPES:
+        vocab = 400 if shape == "sensevoice-small" else 300
+        config = shrunk_config(shape)
+        folders[f"writer {shape}"] = funasr_shapes.write(shape, root / shape, 0, config, vocab)
+    return folders
+
+
+def shrunk_config(shape: str) -> dict:
+    from engine.bench import funasr_shapes
+
+    config = funasr_shapes.released_config(shape)
+    small = {"output_size": 32, "linear_units": 64, "num_blocks": 3, "attention_heads": 2}
+    config["encoder_conf"] |= small | (
+        {"tp_blocks": 2} if "tp_blocks" in config["encoder_conf"] else {}
+    )
+    if "decoder_conf" in config:
+        config["decoder_conf"] |= {"linear_units": 64, "num_blocks": 2, "att_layer_num": 2}
+        config["decoder_conf"]["attention_heads"] = 2
+        config["predictor_conf"]["idim"] = 32
+    return config
+
+
+@pytest.fixture(scope="module")
+def funasr_dirs(tmp_path_factory):
+    return funasr_folders(tmp_path_factory.mktemp("funasr"))
+
+
+@pytest.mark.parametrize("name", json.loads(FUNASR_GOLDEN.read_text())["models"])
+def test_funasr_offline_texts_equal_funasrs(funasr_dirs, signal, name):
+    """Our served model's finals on the bench's clips are what funasr's generate (Paraformer,
+    SenseVoice) or streaming generate (Paraformer-streaming) wrote on the same folders
+    (tests/fixtures/make_bench_funasr_golden.py), the writer's folders included."""
+    from engine.bench import funasr_asr
+
+    golden = json.loads(FUNASR_GOLDEN.read_text())["models"][name]
+    b = bench(shape=None, model=funasr_dirs[name], **FUNASR_CLIPS)
+    system = funasr_asr.load_system(b)
+    try:
+        assert system.family == golden["model"]
+        offsets = asr.clip_offsets(b, signal)
+        assert offsets == golden["offsets"]
+        row, texts = asyncio.run(funasr_asr.offline(system, b, signal, offsets))
+    finally:
+        system.close()
+    assert row["concurrency"] == 3 and row["audio_s_per_s"] > 0
+    assert all(texts)  # every clip decoded something
+    equal = funasr_asr.compare_texts(system.family, texts, golden["texts"])
+    assert equal == {"equal": 3, "clips": 3}, (texts, golden["texts"])
+
+
+def test_funasr_baseline_requests_and_rows(funasr_dirs):
+    from engine.bench import funasr_asr
+
+    b = bench(shape=None, model=funasr_dirs["paraformer-streaming"], **FUNASR_CLIPS)
+    request = funasr_asr.baseline_request(b, "ParaformerStreaming", Path("a.npy"), [0, 5])
+    assert request["streaming"] == {"clip_samples": 51200, "offsets": [0, 5], "chunk_samples": 9600}
+    assert "offline" not in request and request["dtype"] == "float32"
+    request = funasr_asr.baseline_request(b, "SenseVoiceSmall", Path("a.npy"), [0, 5])
+    assert request["offline"]["batch_size"] == 2 and "streaming" not in request
+    theirs = {"audio_s_per_s": 50.0, "texts": ["a", "b"], "call_p50_ms": 1.0}
+    theirs |= {"call_p95_ms": 2.0, "call_p99_ms": 3.0}
+    result = {
+        "offline": {"concurrency": 2, "audio_s_per_s": 200.0},
+        "baseline": {"streaming": theirs},
+    }
+    rows = funasr_asr.rows(result)
+    assert rows[0] == {
+        "workload": "offline",
+        "at": "C=2",
+        "audio_s_per_s": 200.0,
+        "vs_baseline": 4.0,
+    }
+    assert rows[1]["workload"] == "funasr streaming" and rows[1]["p95_ms"] == 2.0
+    assert funasr_asr.compare_texts(
+        "SenseVoiceSmall", ["你好"], ["<|zh|><|HAPPY|>你<|BGM|>好"]
+    ) == {
+        "equal": 1,
+        "clips": 1,
+    }
+
+
+def test_funasr_capacity_through_the_cli(funasr_dirs, tmp_path, capsys):
+    """`rtserve bench asr --model <Paraformer-streaming folder>`: capacity and offline run on
+    the chunked worker in float32, the Qwen3-ASR-only workloads are listed as skipped."""
+    from rtserve.cli import main
+
+    folder = funasr_dirs["paraformer-streaming"]
+    args = ["bench", "asr", "--model", str(folder), "--workloads", "steps,capacity,offline"]
+    args += ["--streams", "2", "--duration", "2", "--drain-seconds", "5", "--device", "cpu"]
+    args += ["--concurrency", "2", "--clip-seconds", "2", "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "not applicable to ParaformerStreaming: steps" in out
+    result = json.loads(next(tmp_path.glob("asr-streaming-*.json")).read_text())
+    assert result["family"] == "ParaformerStreaming" and result["settings"]["dtype"] == "float32"
+    (cap,) = result["capacity"]
+    assert cap["partials"] >= 4 and 0 < cap["p50_ms"] <= cap["p95_ms"] < 10_000  # 600 ms chunks
+    assert result["offline"]["concurrency"] == 2 and "baseline" not in result
+    assert [r["workload"] for r in result["rows"]] == ["capacity", "offline"]
+
+
+def test_funasr_shape_writer_released_shapes():
+    """The released shapes' configs as our loaders read them, and the token files' sizes."""
+    import sentencepiece as spm
+
+    from engine.bench import funasr_shapes
+    from engine.models.paraformer import ParaformerConfig
+    from engine.models.sensevoice import SenseVoiceConfig
+
+    para = ParaformerConfig.from_funasr(funasr_shapes.released_config("paraformer-large"), 8404)
+    assert (para.d_model, para.vocab_size) == (512, 8404)
+    stream = funasr_shapes.released_config("paraformer-large-streaming")
+    assert ParaformerConfig.from_funasr(stream, 8404).streaming
+    assert stream["frontend"] == "WavFrontendOnline"
+    sv = funasr_shapes.released_config("sensevoice-small")
+    SenseVoiceConfig.from_funasr(sv, 25055)
+    assert sv["encoder_conf"]["num_blocks"] == 50 and sv["encoder_conf"]["tp_blocks"] == 20
+    tokens = funasr_shapes.char_tokens(8404)
+    assert len(tokens) == len(set(tokens)) == 8404 and tokens[-1] == "<unk>"
+    sp = spm.SentencePieceProcessor(model_proto=funasr_shapes.sentencepiece_model(25055))
+    assert sp.get_piece_size() == 25055 and sp.piece_to_id("<|zh|>") > 2
+    assert sp.id_to_piece(0) == "<unk>"  # the CTC blank

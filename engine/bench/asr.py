@@ -437,10 +437,11 @@ async def _warm_up(system: System, signal: np.ndarray, steps: int = 10) -> None:
     await _idle(system.worker)
 
 
-async def _idle(worker: AsrWorker, timeout: float = 600.0) -> None:
-    """Until the worker has no stream and the engine no request (the last run's are gone)."""
+async def _idle(worker: Any, timeout: float = 600.0) -> None:
+    """Until the worker has no stream and no work (for an engine's worker: the engine has no
+    request; the last run's are gone). Also FunASR's workers (engine/bench/funasr_asr.py)."""
     deadline = time.perf_counter() + timeout
-    while worker.streams or worker.engine.has_work():
+    while worker.streams or worker.has_work():
         if time.perf_counter() > deadline:
             raise BenchError("the engine did not go idle")
         await asyncio.sleep(0.01)
@@ -942,8 +943,9 @@ def summarize(result: dict[str, Any], out: Path, name: str) -> str:
     parts = []
     if steps_rows:
         parts.append(report.table(steps_rows, STEP_COLUMNS))
-    if load_rows:
-        parts.append(report.table(load_rows, LOAD_COLUMNS))
+    if load_rows:  # the columns some row fills (workloads fill different ones)
+        columns = [c for c in LOAD_COLUMNS if any(r.get(c) is not None for r in load_rows)]
+        parts.append(report.table(load_rows, columns))
     if "capacity" in result:
         n = result["capacity_max_streams_p95_under_300ms"]
         parts.append(f"capacity: largest N with p95 partial latency < 300 ms: {n}")

@@ -1,0 +1,266 @@
+"""`rtserve bench asr --model DIR` on FunASR's Paraformer, Paraformer-streaming and
+SenseVoiceSmall folders, against funasr's AutoModel in the same run (issues 9 and 10).
+
+These models run outside the paged engine (engine/chunked.py's workers on the runtime thread), so
+of engine/bench/asr.py's workloads three apply (the others are skipped and listed):
+- capacity: asr.py's, unchanged: N live streams fed 100 ms every 100 ms, partial latency from
+  the feed that made a step due to its Partial. Paraformer-streaming steps every 600 ms chunk
+  (the chunked policy); Paraformer and SenseVoice re-decode the open segment every 2 s (the
+  segment policy).
+- offline: `concurrency` clips of `clip_seconds`, each fed whole and committed at once; audio
+  seconds per second and each clip's final text. On Paraformer-streaming this is the chunked
+  path at full speed: every stream's 600 ms chunks in batched steps.
+- baseline: bench/funasr_baseline.py in a subprocess (`--baseline-python`: an interpreter with
+  funasr 1.4.16) on the same folder, audio and clips: `generate` over all clips in one batch for
+  Paraformer and SenseVoice; for Paraformer-streaming, funasr's streaming `generate` per 600 ms
+  chunk with each stream's cache, streams taking turns. `texts_equal` counts the clips whose
+  final text is funasr's (SenseVoice's with the rich tags split off, as our worker does); in
+  float32 every clip should match.
+
+Random weights in the released shapes: `python -m engine.bench.funasr_shapes SHAPE DIR`.
+These families serve in float32 unless told otherwise (the CIF's fire decisions are threshold
+crossings), so the CLI benches them in float32 unless `--dtype` says otherwise. funasr gets
+the same dtype through autocast (bench/funasr_baseline.py); its offline Paraformer fails under
+bf16 autocast (the CIF mixes dtypes), which the result reports as the baseline's error, and in
+bf16 CIF and argmax decisions may flip, so compare texts in float32.
+
+The result: asr.py's fields (`capacity`, `capacity_max_streams_p95_under_300ms`, `offline`,
+`baseline`: {versions, device, dtype, model, offline | streaming} or {error}), plus `family`,
+`skipped_workloads`, `texts_equal`: {equal, clips} and `rows`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.bench import asr, report, synthetic
+from engine.chunked import load_paraformer
+from engine.models import config_yaml_model
+from engine.models.paraformer import ChunkConfig
+from engine.models.sensevoice import parse_rich
+from engine.runtime import Runtime
+from engine.sensevoice_asr import load_sensevoice
+from engine.streaming import StreamOptions
+
+FAMILIES = ("Paraformer", "ParaformerStreaming", "SenseVoiceSmall")
+WORKLOADS = ("capacity", "offline", "baseline")
+BASELINE_SCRIPT = asr.REPO / "bench" / "funasr_baseline.py"
+SAMPLE_RATE = asr.SAMPLE_RATE
+
+
+def is_funasr(path: Path) -> bool:
+    """Whether a folder holds one of FAMILIES (config.yaml's `model:`)."""
+    return config_yaml_model(Path(path)) in FAMILIES
+
+
+@dataclass
+class FunasrSystem:
+    """The served model under test (asr.py's workloads read `model` and `worker`)."""
+
+    model: Any  # engine/chunked.py's FunasrAsrModel or engine/sensevoice_asr.py's SenseVoiceServed
+    runtime: Runtime
+    family: str
+
+    @property
+    def worker(self) -> Any:
+        return self.model.worker
+
+    def close(self) -> None:
+        self.runtime.shutdown()
+        self.model = self.runtime = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def load_system(b: asr.AsrBench) -> FunasrSystem:
+    """The folder served as `rtserve serve` serves it, on the bench's device and dtype."""
+    family = config_yaml_model(Path(b.model))
+    runtime = Runtime(name="bench-asr")
+    dtype = getattr(torch, b.dtype)
+    if family == "SenseVoiceSmall":
+        model = load_sensevoice(b.model, "bench", b.performance_mode, runtime, b.device, dtype)
+    else:
+        model = load_paraformer(b.model, "bench", b.performance_mode, runtime, b.device, dtype)
+    return FunasrSystem(model, runtime, family)
+
+
+def run(b: asr.AsrBench) -> dict[str, Any]:
+    workloads = [w for w in WORKLOADS if w in b.workloads]
+    torch.manual_seed(b.seed)
+    signal = synthetic.speech_like(b.signal_seconds(), b.seed)
+    progress = asr.Progress(1 + len(b.streams) * ("capacity" in workloads) + 2)
+    progress.tick("loading the model")
+    system = load_system(b)
+    result: dict[str, Any] = {
+        "workload": "asr",
+        "model": b.name,
+        "family": system.family,
+        "hardware": report.hardware(),
+        "torch": torch.__version__,
+        "settings": asr.settings(b),
+        "skipped_workloads": sorted(set(b.workloads) - set(WORKLOADS)),
+    }
+    offsets = asr.clip_offsets(b, signal)
+    texts: list[str] = []
+    try:
+        asyncio.run(_warm_up(system, signal))
+        if "capacity" in workloads:
+            result["capacity"] = []
+            for n in b.streams:
+                progress.tick(f"capacity: {n} streams")
+                result["capacity"].append(asyncio.run(asr.capacity(system, b, signal, n)))
+            result["capacity_max_streams_p95_under_300ms"] = asr.max_streams_under(
+                result["capacity"]
+            )
+        if "offline" in workloads:
+            progress.tick(f"offline: {b.concurrency} clips")
+            result["offline"], texts = asyncio.run(offline(system, b, signal, offsets))
+    finally:
+        family = system.family
+        system.close()  # the baseline needs the device memory
+    if "baseline" in workloads:
+        progress.tick("baseline (subprocess)")
+        result["baseline"] = _baseline_or_error(b, family, signal, offsets)
+        if texts and "error" not in result["baseline"]:
+            result["texts_equal"] = compare_texts(family, texts, baseline_texts(result["baseline"]))
+    progress.finish()
+    result["rows"] = rows(result)
+    return result
+
+
+async def _warm_up(system: FunasrSystem, signal: np.ndarray) -> None:
+    """One 4 s segment fed in 100 ms pieces and committed: kernels and allocator warm."""
+    handle = system.model.open_stream(StreamOptions())
+    try:
+        for k in range(40):
+            handle.feed(signal[k * asr.CHUNK : (k + 1) * asr.CHUNK])
+        handle.commit()
+        await asyncio.wait_for(asr._final(handle), asr.STEP_TIMEOUT_S)
+    finally:
+        handle.cancel()
+    await asr._idle(system.worker)
+
+
+async def offline(
+    system: FunasrSystem, b: asr.AsrBench, signal: np.ndarray, offsets: list[int]
+) -> tuple[dict[str, Any], list[str]]:
+    """Every clip fed whole and committed at once: (row, each clip's final text)."""
+    clip = int(b.clip_seconds * SAMPLE_RATE)
+    t0 = time.perf_counter()
+    handles = []
+    for off in offsets:
+        handle = system.model.open_stream(StreamOptions())
+        handle.feed(signal[off : off + clip])
+        handle.commit()
+        handles.append(handle)
+    finals = await asyncio.gather(*(asr._final(h) for h in handles))
+    wall = time.perf_counter() - t0
+    for h in handles:
+        h.cancel()
+    await asr._idle(system.worker)
+    row = {
+        "concurrency": len(offsets),
+        "clip_seconds": clip / SAMPLE_RATE,
+        "seconds": wall,
+        "audio_s_per_s": len(offsets) * clip / SAMPLE_RATE / wall,
+    }
+    return row, [f.text for f in finals]
+
+
+# ---- baseline ----
+
+
+def baseline_request(
+    b: asr.AsrBench, family: str, audio: Path, offsets: list[int]
+) -> dict[str, Any]:
+    """The request bench/funasr_baseline.py reads: the offline clips, run its way."""
+    clips = {"clip_samples": int(b.clip_seconds * SAMPLE_RATE), "offsets": offsets}
+    request: dict[str, Any] = {
+        "checkpoint": str(b.model),
+        "audio": str(audio),
+        "device": b.device,
+        "dtype": b.dtype,
+    }
+    if family == "ParaformerStreaming":
+        return request | {"streaming": clips | {"chunk_samples": ChunkConfig().stride_samples}}
+    return request | {"offline": clips | {"batch_size": len(offsets)}}
+
+
+def run_baseline(
+    b: asr.AsrBench, family: str, signal: np.ndarray, offsets: list[int], tmp: Path
+) -> dict[str, Any]:
+    audio = tmp / "audio.npy"
+    np.save(audio, signal)
+    path = tmp / "funasr-request.json"
+    path.write_text(json.dumps(baseline_request(b, family, audio, offsets)))
+    return asr.run_baseline_request(b.baseline_python, path, b.baseline_timeout, BASELINE_SCRIPT)
+
+
+def _baseline_or_error(
+    b: asr.AsrBench, family: str, signal: np.ndarray, offsets: list[int]
+) -> dict[str, Any]:
+    """The baseline's answer; its failure is reported, not fatal (ours stand)."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="rtserve-bench-funasr-") as tmp:
+            return run_baseline(b, family, signal, offsets, Path(tmp))
+    except (asr.BenchError, subprocess.TimeoutExpired, ValueError, OSError) as e:
+        sys.stderr.write(f"\nthe funasr baseline failed: {e}\n")
+        return {"error": str(e)}
+
+
+def baseline_texts(baseline: dict[str, Any]) -> list[str]:
+    return (baseline.get("offline") or baseline.get("streaming") or {}).get("texts", [])
+
+
+def compare_texts(family: str, ours: list[str], theirs: list[str]) -> dict[str, int]:
+    """How many clips' texts are funasr's (SenseVoice's: with its tags split off, as our
+    worker's Final carries them)."""
+    if family == "SenseVoiceSmall":
+        theirs = [parse_rich(t).text for t in theirs]
+    equal = sum(a == b for a, b in zip(ours, theirs, strict=False))
+    return {"equal": equal, "clips": len(ours)}
+
+
+# ---- results ----
+
+
+def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """asr.py's capacity and offline rows, then funasr's throughput (and per-call latency)."""
+    base = result.get("baseline") or {}
+    theirs = base.get("offline") or base.get("streaming")
+    out = asr.rows({k: v for k, v in result.items() if k != "baseline"})
+    for row in out:
+        if row["workload"] == "offline" and theirs:
+            row["vs_baseline"] = row["audio_s_per_s"] / theirs["audio_s_per_s"]
+    if theirs:
+        how = "streaming" if "streaming" in base else "offline"
+        row = {"workload": f"funasr {how}", "at": f"C={len(theirs['texts'])}"}
+        row["audio_s_per_s"] = theirs["audio_s_per_s"]
+        if how == "streaming":  # per generate call (one chunk of one stream)
+            row |= {f"p{q}_ms": theirs[f"call_p{q}_ms"] for q in (50, 95, 99)}
+        out.append(row)
+    return out
+
+
+def summarize(result: dict[str, Any], out: Path, name: str) -> str:
+    """asr.py's tables, JSON and plot, and how many texts match funasr's."""
+    text = asr.summarize(result, out, name)
+    if "texts_equal" in result:
+        t = result["texts_equal"]
+        text += f"\n\nfinal texts equal to funasr's: {t['equal']} of {t['clips']} clips"
+    if result.get("skipped_workloads"):
+        text += f"\nnot applicable to {result['family']}: {', '.join(result['skipped_workloads'])}"
+    return text
