@@ -33,114 +33,23 @@ import soundfile as sf
 import torch
 
 from train.augment import RATE, augment, resampler
-from train.texts import Sentences, frequency_words
+from train.texts import Sentences, frequency_words, spoken_list
 from train.wer import normalize
 
 ACCENTS = [
     "en", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd",
     "en-029", "en-us-nyc",
 ]  # fmt: skip
-VARIANTS = [
-    "Alex",
-    "Alicia",
-    "Andrea",
-    "Andy",
-    "Annie",
-    "AnxiousAndy",
-    "Denis",
-    "Diogo",
-    "Gene",
-    "Gene2",
-    "Henrique",
-    "Hugo",
-    "Jacky",
-    "Lee",
-    "Marco",
-    "Mario",
-    "Michael",
-    "Mike",
-    "Nguyen",
-    "RicishayMax",
-    "RicishayMax2",
-    "RicishayMax3",
-    "Storm",
-    "Tweaky",
-    "UniRobot",
-    "adam",
-    "anika",
-    "anikaRobot",
-    "announcer",
-    "antonio",
-    "aunty",
-    "belinda",
-    "benjamin",
-    "boris",
-    "caleb",
-    "croak",
-    "david",
-    "ed",
-    "edward",
-    "edward2",
-    "f1",
-    "f2",
-    "f3",
-    "f4",
-    "f5",
-    "fast",
-    "grandma",
-    "grandpa",
-    "gustave",
-    "iven",
-    "iven2",
-    "iven3",
-    "iven4",
-    "john",
-    "kaukovalta",
-    "klatt",
-    "klatt2",
-    "klatt3",
-    "klatt4",
-    "klatt5",
-    "klatt6",
-    "linda",
-    "m1",
-    "m2",
-    "m3",
-    "m4",
-    "m5",
-    "m6",
-    "m7",
-    "m8",
-    "marcelo",
-    "max",
-    "michel",
-    "miguel",
-    "norbert",
-    "pablo",
-    "paul",
-    "pedro",
-    "quincy",
-    "rob",
-    "robert",
-    "robosoft",
-    "robosoft2",
-    "robosoft3",
-    "robosoft4",
-    "robosoft5",
-    "robosoft6",
-    "robosoft7",
-    "robosoft8",
-    "sandro",
-    "shelby",
-    "steph",
-    "steph2",
-    "steph3",
-    "travis",
-    "victor",
-    "whisper",
-    "whisperf",
-    "zac",
-]
+VARIANTS = spoken_list(
+    "Alex Alicia Andrea Andy Annie AnxiousAndy Denis Diogo Gene Gene2 Henrique Hugo Jacky Lee "
+    "Marco Mario Michael Mike Nguyen RicishayMax RicishayMax2 RicishayMax3 Storm Tweaky "
+    "UniRobot adam anika anikaRobot announcer antonio aunty belinda benjamin boris caleb croak "
+    "david ed edward edward2 f1 f2 f3 f4 f5 fast grandma grandpa gustave iven iven2 iven3 iven4 "
+    "john kaukovalta klatt klatt2 klatt3 klatt4 klatt5 klatt6 linda m1 m2 m3 m4 m5 m6 m7 m8 "
+    "marcelo max michel miguel norbert pablo paul pedro quincy rob robert robosoft robosoft2 "
+    "robosoft3 robosoft4 robosoft5 robosoft6 robosoft7 robosoft8 sandro shelby steph steph2 "
+    "steph3 travis victor whisper whisperf zac"
+)
 # Unseen voices of the held-out set: ordinary male and female timbres, none of the odd ones.
 HELDOUT_VARIANTS = ["m4", "f4", "Andy", "belinda", "edward", "iven2", "klatt3", "steph2", "quincy"]
 TRAIN_VARIANTS = [v for v in VARIANTS if v not in HELDOUT_VARIANTS]

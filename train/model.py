@@ -3,7 +3,8 @@
 The model is the production one (engine/models/qwen3_asr.py: AuT encoder + Qwen3 decoder), built
 from a released-layout config.json dict, so what trains is exactly what the server loads. The
 encoder runs its batched window path (`encode_windows`, plain torch); the decoder its dense
-path (`forward_dense`). The prompt comes from the production prompt builder (engine/asr_prompt.py):
+path (`forward_dense`); an auxiliary CTC loss on the audio tokens speeds up learning to read the
+audio. The prompt comes from the production prompt builder (engine/asr_prompt.py):
 the system turn is empty, the answer is `language English<asr_text>TEXT<|im_end|>`, and audio
 without speech answers `language None<asr_text>`.
 """
@@ -19,6 +20,7 @@ from engine.asr_prompt import Prompt, build_prompt, parse_output
 from engine.models.qwen3_asr import Qwen3ASR, Qwen3ASRConfig, audio_tokens
 from engine.tokenizer import Tokenizer
 from kernels.attention import backend
+from kernels.fused import rms_norm_ref
 from train.tokenizer import ANSWER_PREFIX, SILENCE_ANSWER
 
 # (audio_config, text_config) sizes. "default" is the shipped model: 7.3 M parameters, 14 MiB
@@ -121,13 +123,24 @@ class Batcher:
         self.fill_id = tokenizer.token_to_id("<|endoftext|>")
         self.window = model.config.audio.window_frames
 
-    def audio(self, waves: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-        """16 kHz waveforms -> their audio-token embeddings (one (n_i, hidden) each)."""
+    def audio(
+        self, waves: list[torch.Tensor], device: torch.device, snr_db: list[float] | None = None
+    ) -> list[torch.Tensor]:
+        """16 kHz waveforms (CPU) -> their audio-token embeddings (one (n_i, hidden) each).
+        snr_db: white noise added on the device at these SNRs (inf: none), per item."""
         lengths = torch.tensor([w.numel() for w in waves])
-        x = torch.zeros(len(waves), int(lengths.max()), device=device)
+        x = torch.zeros(len(waves), int(lengths.max()))
         for i, w in enumerate(waves):
-            x[i, : w.numel()] = w.to(device)
-        feats, frames = whisper_features(x, lengths.to(device))
+            x[i, : w.numel()] = w
+        x = x.to(device, non_blocking=True)  # one transfer for the batch
+        lengths = lengths.to(device)
+        if snr_db is not None:
+            rms = (x.pow(2).sum(1) / lengths.clamp(min=1)).sqrt()
+            scale = rms * 10 ** (-torch.tensor(snr_db, device=device) / 20)
+            x = x + torch.randn_like(x) * scale[:, None]
+        # Features in float32 as the server computes them, outside any autocast.
+        with torch.autocast(device.type, enabled=False):
+            feats, frames = whisper_features(x, lengths)
         windows, owners = [], []
         dtype = self.model.encoder.conv_out.weight.dtype
         for i, n in enumerate(frames.tolist()):
@@ -159,9 +172,12 @@ class Batcher:
         mask = ids == self.prompt.pad_id
         return x.masked_scatter(mask[..., None], torch.cat(audio).to(x.dtype))
 
-    def loss(self, waves: list[torch.Tensor], texts: list[str]) -> torch.Tensor:
-        """Mean cross entropy of the answers (transcript and end token), teacher forced."""
-        audio = self.audio(waves, self.model.decoder.lm_head.weight.device)
+    def losses(
+        self, waves: list[torch.Tensor], texts: list[str], snr_db: list[float] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """`ce`: mean cross entropy of the answers (transcript and end token), teacher forced;
+        `ctc`: the auxiliary CTC loss of the audio tokens (see `ctc_loss`)."""
+        audio = self.audio(waves, self.model.decoder.lm_head.weight.device, snr_db)
         rows, labels = [], []
         for a, text in zip(audio, texts, strict=True):
             prompt = self.prompt.ids(self.tokenizer, a.shape[0])
@@ -174,7 +190,30 @@ class Batcher:
         target = target.to(hidden.device)[:, 1:]  # position t predicts token t + 1
         keep = target != -100
         logits = self.model.decoder.lm_head(hidden[:, :-1][keep])
-        return F.cross_entropy(logits.float(), target[keep])
+        return {
+            "ce": F.cross_entropy(logits.float(), target[keep]),
+            "ctc": self.ctc_loss(audio, texts),
+        }
+
+    def ctc_loss(self, audio: list[torch.Tensor], texts: list[str]) -> torch.Tensor:
+        """CTC of the transcript tokens over the audio tokens, read through the decoder's own
+        final norm and (tied) output embedding, blank = `<|audio_pad|>`. A decoder-only
+        recognizer first learns the language and only later to read the audio; this loss
+        gives the encoder a direct signal from the first step, and pulls each audio token
+        towards the embedding of what is said there. It adds no weights."""
+        norm = self.model.decoder.model.norm
+        x = torch.nn.utils.rnn.pad_sequence(audio)  # (T, B, hidden)
+        logits = self.model.decoder.lm_head(rms_norm_ref(x, norm.weight, norm.eps))
+        targets = [self.tokenizer.encode(t) for t in texts]
+        device = logits.device
+        return F.ctc_loss(
+            logits.float().log_softmax(-1),
+            torch.tensor([i for t in targets for i in t], dtype=torch.long, device=device),
+            torch.tensor([a.shape[0] for a in audio], device=device),
+            torch.tensor([len(t) for t in targets], device=device),
+            blank=self.prompt.pad_id,
+            zero_infinity=True,
+        )
 
     @torch.no_grad()
     def transcribe(self, waves: list[torch.Tensor], max_new: int = 96) -> list[str]:

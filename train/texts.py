@@ -13,141 +13,38 @@ import random
 import re
 from collections.abc import Sequence
 
-ONES = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-]
+
+def spoken_list(text: str) -> list[str]:
+    """A word list written as one string (the lists below are long)."""
+    return text.split()
+
+
+ONES = spoken_list(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+)
 TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 ORDINALS = {
     "one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
     "nine": "ninth", "twelve": "twelfth",
 }  # fmt: skip
-MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
-DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-FIRST_NAMES = [
-    "Alice",
-    "Bob",
-    "Carol",
-    "David",
-    "Emma",
-    "Frank",
-    "Grace",
-    "Henry",
-    "Isabel",
-    "Jack",
-    "Karen",
-    "Liam",
-    "Maria",
-    "Noah",
-    "Olivia",
-    "Peter",
-    "Quinn",
-    "Rachel",
-    "Sam",
-    "Tina",
-    "Victor",
-    "Wendy",
-    "Xavier",
-    "Yuki",
-    "Zoe",
-    "Ahmed",
-    "Priya",
-    "Chen",
-    "Fatima",
-    "Lucas",
-    "Sofia",
-    "Omar",
-    "Hannah",
-    "Diego",
-    "Mei",
-    "Ivan",
-    "Anna",
-    "James",
-    "Laura",
-    "Daniel",
-]
-LAST_NAMES = [
-    "Smith",
-    "Johnson",
-    "Brown",
-    "Garcia",
-    "Miller",
-    "Davis",
-    "Wilson",
-    "Anderson",
-    "Taylor",
-    "Thomas",
-    "Moore",
-    "Martin",
-    "Lee",
-    "Walker",
-    "Hall",
-    "Young",
-    "King",
-    "Wright",
-    "Lopez",
-    "Hill",
-    "Scott",
-    "Green",
-    "Adams",
-    "Baker",
-    "Nelson",
-    "Carter",
-    "Mitchell",
-]
-CITIES = [
-    "London",
-    "Paris",
-    "Berlin",
-    "Tokyo",
-    "Chicago",
-    "Boston",
-    "Seattle",
-    "Madrid",
-    "Rome",
-    "Sydney",
-    "Toronto",
-    "Dublin",
-    "Denver",
-    "Austin",
-    "Cairo",
-    "Lisbon",
-    "Vienna",
-    "Oslo",
-    "Prague",
-    "Mumbai",
-]
+MONTHS = spoken_list(
+    "January February March April May June July August September October November December"
+)
+DAYS = spoken_list("Monday Tuesday Wednesday Thursday Friday Saturday Sunday")
+FIRST_NAMES = spoken_list(
+    "Alice Bob Carol David Emma Frank Grace Henry Isabel Jack Karen Liam Maria Noah Olivia "
+    "Peter Quinn Rachel Sam Tina Victor Wendy Xavier Yuki Zoe Ahmed Priya Chen Fatima Lucas "
+    "Sofia Omar Hannah Diego Mei Ivan Anna James Laura Daniel"
+)
+LAST_NAMES = spoken_list(
+    "Smith Johnson Brown Garcia Miller Davis Wilson Anderson Taylor Thomas Moore Martin Lee "
+    "Walker Hall Young King Wright Lopez Hill Scott Green Adams Baker Nelson Carter Mitchell"
+)
+CITIES = spoken_list(
+    "London Paris Berlin Tokyo Chicago Boston Seattle Madrid Rome Sydney Toronto Dublin Denver "
+    "Austin Cairo Lisbon Vienna Oslo Prague Mumbai"
+)
 ROOMS = ["kitchen", "bedroom", "living room", "bathroom", "office", "garage", "hallway", "garden"]
 THINGS = [
     "lights",

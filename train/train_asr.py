@@ -1,15 +1,16 @@
 """Trains the demo recognizer in short resumable runs, each stopping before a wall-clock budget.
 
     python -m train.train_asr --data .data/asr/a .data/asr/b --heldout .data/asr/heldout \
-        --run RUN_DIR --minutes 9 --total-minutes 25
+        --run RUN_DIR --minutes 8.5 --total-minutes 11
 
 The first run trains the tokenizer on the train transcripts and starts the model from scratch;
 later runs with the same RUN_DIR resume from `RUN_DIR/checkpoint.pt` (weights, AdamW state,
 step, training seconds so far). The learning rate warms up over the first steps, then follows a
 cosine over *training time* (--total-minutes across all runs), so runs of any length add up to
-one schedule. Each run logs the train loss, measures greedy WER on held-out utterances every
---eval-every steps and at its end, saves the checkpoint, and exports the model to
-RUN_DIR/model (the released layout, bf16).
+one schedule. The loss is the answer's cross entropy plus --ctc-weight times an auxiliary CTC
+loss on the audio tokens (train/model.py). Each run logs the train losses, measures greedy WER
+on held-out utterances every --eval-every steps and at its end, saves the checkpoint, and
+exports the model to RUN_DIR/model (the released layout, bf16).
 
 On CUDA it trains under bf16 autocast with TF32 matmuls; on a CPU in float32 (the smoke run).
 """
@@ -86,16 +87,10 @@ def silence(rng: random.Random, seconds: float) -> Utterance:
     return Utterance("silence", x.numpy(), "")
 
 
-def add_noise(waves: list[torch.Tensor], rng: random.Random) -> list[torch.Tensor]:
+def noise_levels(n: int, rng: random.Random) -> list[float]:
     """On-the-fly augmentation on top of the generator's: white noise at 10-50 dB SNR on half
-    of the utterances (a different draw every epoch)."""
-    out = []
-    for w in waves:
-        if rng.random() < 0.5:
-            snr = rng.uniform(10, 50)
-            w = w + torch.randn_like(w) * w.pow(2).mean().sqrt() * 10 ** (-snr / 20)
-        out.append(w)
-    return out
+    of the utterances, a different draw every epoch (added on the device by the Batcher)."""
+    return [rng.uniform(10, 50) if rng.random() < 0.5 else math.inf for _ in range(n)]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -108,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--total-minutes", type=float, default=25.0, help="training time, all runs")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=300, help="warm-up steps")
+    ap.add_argument("--ctc-weight", type=float, default=0.3, help="auxiliary CTC loss weight")
     ap.add_argument("--batch-seconds", type=float, default=800.0, help="padded audio per batch")
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--eval-utterances", type=int, default=256)
@@ -157,7 +153,9 @@ def main(argv: list[str] | None = None) -> dict:
     model.train()
 
     def evaluate() -> None:
-        if heldout:
+        if heldout and not any(
+            e.get("heldout_wer") is not None and e["step"] == state["step"] for e in state["log"]
+        ):
             score, pairs = held_out_wer(batcher, heldout)
             state["log"].append({"step": state["step"], "heldout_wer": score})
             print(f"step {state['step']}: held-out WER {score:.3f} on {len(pairs)}", flush=True)
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Keep enough time for the final evaluation, the checkpoint and the export.
     reserve = 20.0 + (0.15 * len(heldout) if cuda else 1.0 * len(heldout))
-    losses: list[float] = []
+    losses: list[list[float]] = []
     stop = False
     while not stop:
         for batch in batches(train, a.batch_seconds, rng):
@@ -180,21 +178,24 @@ def main(argv: list[str] | None = None) -> dict:
                 g["lr"] = lr
             if rng.random() < 0.5:  # about 2% of utterances are silence
                 batch = batch + [silence(rng, rng.uniform(0.5, 4.0))]
-            waves = add_noise([torch.from_numpy(u.audio) for u in batch], rng)
+            waves = [torch.from_numpy(u.audio) for u in batch]
             with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
-                loss = batcher.loss(waves, [u.text for u in batch])
+                parts = batcher.losses(
+                    waves, [u.text for u in batch], noise_levels(len(batch), rng)
+                )
+                loss = parts["ce"] + a.ctc_weight * parts["ctc"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            losses.append(loss.item())
+            losses.append([parts["ce"].item(), parts["ctc"].item()])
             state["step"] += 1
             state["train_seconds"] += time.time() - t0
             if state["step"] % a.log_every == 0:
-                mean = sum(losses) / len(losses)
-                state["log"].append({"step": state["step"], "loss": mean, "lr": lr})
+                ce, ctc = (sum(x) / len(losses) for x in zip(*losses, strict=True))
+                state["log"].append({"step": state["step"], "loss": ce, "ctc": ctc, "lr": lr})
                 print(
-                    f"step {state['step']} loss {mean:.3f} lr {lr:.2e} "
+                    f"step {state['step']} loss {ce:.3f} ctc {ctc:.3f} lr {lr:.2e} "
                     f"progress {progress:.2f} ({time.time() - t_start:.0f} s)",
                     flush=True,
                 )
