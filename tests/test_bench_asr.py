@@ -301,7 +301,7 @@ def test_funasr_baseline_requests_and_rows(funasr_dirs):
     request = funasr_asr.baseline_request(b, "SenseVoiceSmall", Path("a.npy"), [0, 5])
     assert request["offline"]["batch_size"] == 2 and "streaming" not in request
     theirs = {"audio_s_per_s": 50.0, "texts": ["a", "b"], "call_p50_ms": 1.0}
-    theirs |= {"call_p95_ms": 2.0, "call_p99_ms": 3.0}
+    theirs |= {"call_p95_ms": 2.0, "call_p99_ms": 3.0, "real_time_streams": 600.0}
     result = {
         "offline": {"concurrency": 2, "audio_s_per_s": 200.0},
         "baseline": {"streaming": theirs},
@@ -314,6 +314,7 @@ def test_funasr_baseline_requests_and_rows(funasr_dirs):
         "vs_baseline": 4.0,
     }
     assert rows[1]["workload"] == "funasr streaming" and rows[1]["p95_ms"] == 2.0
+    assert rows[1]["rt_streams"] == 600.0
     assert funasr_asr.compare_texts(
         "SenseVoiceSmall", ["你好"], ["<|zh|><|HAPPY|>你<|BGM|>好"]
     ) == {

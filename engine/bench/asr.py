@@ -864,7 +864,7 @@ def _wait_for_health(port: int, server: subprocess.Popen, log: Path, timeout=900
 STEP_COLUMNS = ["workload", "at", "enc_tok", "prefill_tok", "prompt_tok", "out_tok", "step_ms"]
 STEP_COLUMNS += ["rt_streams", "vs_baseline"]
 LOAD_COLUMNS = ["workload", "at", "p50_ms", "p95_ms", "p99_ms", "lag_s", "audio_s_per_s"]
-LOAD_COLUMNS += ["errors", "vs_baseline", "chat_tok_s", "p95_x_alone"]
+LOAD_COLUMNS += ["errors", "vs_baseline", "chat_tok_s", "p95_x_alone", "rt_streams"]
 
 
 def rows(result: dict[str, Any]) -> list[dict[str, Any]]:

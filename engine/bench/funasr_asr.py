@@ -251,6 +251,7 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         row["audio_s_per_s"] = theirs["audio_s_per_s"]
         if how == "streaming":  # per generate call (one chunk of one stream)
             row |= {f"p{q}_ms": theirs[f"call_p{q}_ms"] for q in (50, 95, 99)}
+            row["rt_streams"] = theirs["real_time_streams"]
         out.append(row)
     return out
 
