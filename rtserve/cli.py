@@ -201,6 +201,12 @@ def _bench_asr_flags(work) -> None:
         "FunASR folders (default %(default)s)",
     )
     r.add_argument("--baseline-repeats", type=int, default=3, help="baseline runs per step")
+    r.add_argument(
+        "--baseline-streams",
+        type=int,
+        default=8,
+        help="Paraformer-streaming: the offline clips funasr streams (one call per chunk each)",
+    )
     r.add_argument("--performance-mode", choices=get_args(PerformanceMode), default="balanced")
     r.add_argument("--device", default=None)
     r.add_argument("--dtype", default=None)
@@ -319,6 +325,7 @@ def bench_asr(a: argparse.Namespace) -> int:
         procs=a.procs,
         baseline_python=a.baseline_python,
         baseline_repeats=a.baseline_repeats,
+        baseline_streams=a.baseline_streams,
         performance_mode=a.performance_mode,
         attention_backend=a.attention_backend,
         cuda_graphs=a.cuda_graphs,

@@ -295,11 +295,16 @@ def test_funasr_baseline_requests_and_rows(funasr_dirs):
     from engine.bench import funasr_asr
 
     b = bench(shape=None, model=funasr_dirs["paraformer-streaming"], **FUNASR_CLIPS)
-    request = funasr_asr.baseline_request(b, "ParaformerStreaming", Path("a.npy"), [0, 5])
+    b.baseline_streams = 2  # funasr streams the first two clips only
+    request = funasr_asr.baseline_request(b, "ParaformerStreaming", Path("a.npy"), [0, 5, 9])
     assert request["streaming"] == {"clip_samples": 51200, "offsets": [0, 5], "chunk_samples": 9600}
     assert "offline" not in request and request["dtype"] == "float32"
-    request = funasr_asr.baseline_request(b, "SenseVoiceSmall", Path("a.npy"), [0, 5])
-    assert request["offline"]["batch_size"] == 2 and "streaming" not in request
+    request = funasr_asr.baseline_request(b, "SenseVoiceSmall", Path("a.npy"), [0, 5, 9])
+    assert request["offline"]["batch_size"] == 3 and "streaming" not in request
+    assert funasr_asr.compare_texts("Paraformer", ["a", "b", "c"], ["a", "x"]) == {
+        "equal": 1,
+        "clips": 2,
+    }
     theirs = {"audio_s_per_s": 50.0, "texts": ["a", "b"], "call_p50_ms": 1.0}
     theirs |= {"call_p95_ms": 2.0, "call_p99_ms": 3.0, "real_time_streams": 600.0}
     result = {

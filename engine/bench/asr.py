@@ -203,6 +203,7 @@ class AsrBench:
     procs: int = 4
     baseline_python: str = DEFAULT_BASELINE_PYTHON
     baseline_repeats: int = 3
+    baseline_streams: int = 8  # Paraformer-streaming: streams funasr's streaming generate runs
     baseline_timeout: float = 3600.0
     performance_mode: str = "balanced"
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
