@@ -298,7 +298,7 @@ def bench(a: argparse.Namespace) -> int:
 
 
 def bench_asr(a: argparse.Namespace) -> int:
-    from engine.bench import asr, funasr_asr
+    from engine.bench import asr, funasr_asr, live
 
     if a.serve:
         return bench_asr_serve(a)
@@ -343,7 +343,7 @@ def bench_asr(a: argparse.Namespace) -> int:
         return 0
     try:
         result = asr.run(b)
-    except asr.BenchError as e:
+    except live.BenchError as e:
         print(f"rtserve: {e}", file=sys.stderr)
         return 2
     print(asr.summarize(result, a.out, f"asr-{b.name}"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine.asr import build_qwen3_asr
-from engine.bench import asr, synthetic
+from engine.bench import asr, live, synthetic
 from engine.config import EngineConfig
 from engine.loader import find_family
 from rtserve.cli import parser
@@ -70,12 +70,12 @@ def test_steps_work_is_flat_apart_from_the_text_prefix(stepped):
 
 
 def test_capacity_two_streams_yields_latencies(system, signal):
-    row = asyncio.run(asr.capacity(system, bench(duration=3.0, drain_seconds=10.0), signal, 2))
+    row = asyncio.run(live.capacity(system, bench(duration=3.0, drain_seconds=10.0), signal, 2))
     assert row["streams"] == 2 and row["partials"] >= 1 and row["merged_steps"] == 0
     assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] < 10_000
     assert row["failed_segments"] == 0 and 2.0 <= row["max_backlog_s"] < 3.0
     assert row["end_backlog_s"] < 2.0  # every step due by the end was answered
-    assert asr.max_streams_under([row], target_ms=1e9) == 2
+    assert live.max_streams_under([row], target_ms=1e9) == 2
 
 
 def test_mixed_measures_asr_alone_and_under_chat_load(system, signal):
@@ -84,7 +84,7 @@ def test_mixed_measures_asr_alone_and_under_chat_load(system, signal):
     run, and the chat engine left the runtime and freed its requests afterwards."""
     b = bench(duration=3.0, mixed_streams=2, chat_shape="qwen3-tiny", chat_streams=4)
     b.chat_prompt_len, b.chat_output_len = 32, 8  # short requests: several finish and restart
-    m = asyncio.run(asr.mixed(system, b, signal))
+    m = asyncio.run(live.mixed(system, b, signal))
     assert m["streams"] == 2
     for run in (m["alone"], m["loaded"]):
         assert run["streams"] == 2 and run["partials"] >= 2 and run["failed_segments"] == 0
@@ -130,7 +130,7 @@ def run_the_baseline(system, signal, stepped, tmp_path) -> dict:
     b = bench(concurrency=2, clip_seconds=3.0, baseline_repeats=1)
     offline = {
         "concurrency": 2,
-        "clip_samples": 3 * asr.SAMPLE_RATE,
+        "clip_samples": 3 * live.SAMPLE_RATE,
         "offsets": asr.clip_offsets(b, signal),
         "new_tokens": b.lengths.transcript(3.0),
     }

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.bench import asr, report, synthetic
+from engine.bench import asr, live, report, synthetic
 from engine.chunked import load_paraformer
 from engine.models import config_yaml_model
 from engine.models.paraformer import ChunkConfig
@@ -60,7 +60,7 @@ from engine.streaming import StreamOptions
 FAMILIES = ("Paraformer", "ParaformerStreaming", "SenseVoiceSmall")
 WORKLOADS = ("capacity", "offline", "baseline")
 BASELINE_SCRIPT = asr.REPO / "bench" / "funasr_baseline.py"
-SAMPLE_RATE = asr.SAMPLE_RATE
+SAMPLE_RATE = live.SAMPLE_RATE
 
 
 def is_funasr(path: Path) -> bool:
@@ -124,8 +124,8 @@ def run(b: asr.AsrBench) -> dict[str, Any]:
             result["capacity"] = []
             for n in b.streams:
                 progress.tick(f"capacity: {n} streams")
-                result["capacity"].append(asyncio.run(asr.capacity(system, b, signal, n)))
-            result["capacity_max_streams_p95_under_300ms"] = asr.max_streams_under(
+                result["capacity"].append(asyncio.run(live.capacity(system, b, signal, n)))
+            result["capacity_max_streams_p95_under_300ms"] = live.max_streams_under(
                 result["capacity"]
             )
         if "offline" in workloads:
@@ -149,12 +149,12 @@ async def _warm_up(system: FunasrSystem, signal: np.ndarray) -> None:
     handle = system.model.open_stream(StreamOptions())
     try:
         for k in range(40):
-            handle.feed(signal[k * asr.CHUNK : (k + 1) * asr.CHUNK])
+            handle.feed(signal[k * live.CHUNK : (k + 1) * live.CHUNK])
         handle.commit()
-        await asyncio.wait_for(asr._final(handle), asr.STEP_TIMEOUT_S)
+        await asyncio.wait_for(asr._final(handle), live.STEP_TIMEOUT_S)
     finally:
         handle.cancel()
-    await asr._idle(system.worker)
+    await live.idle(system.worker)
 
 
 async def offline(
@@ -173,7 +173,7 @@ async def offline(
     wall = time.perf_counter() - t0
     for h in handles:
         h.cancel()
-    await asr._idle(system.worker)
+    await live.idle(system.worker)
     row = {
         "concurrency": len(offsets),
         "clip_seconds": clip / SAMPLE_RATE,
@@ -220,7 +220,7 @@ def _baseline_or_error(
     try:
         with tempfile.TemporaryDirectory(prefix="rtserve-bench-funasr-") as tmp:
             return run_baseline(b, family, signal, offsets, Path(tmp))
-    except (asr.BenchError, subprocess.TimeoutExpired, ValueError, OSError) as e:
+    except (live.BenchError, subprocess.TimeoutExpired, ValueError, OSError) as e:
         sys.stderr.write(f"\nthe funasr baseline failed: {e}\n")
         return {"error": str(e)}
 
