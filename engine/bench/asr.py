@@ -11,15 +11,15 @@ Workloads (`--workloads`, default all but wire):
   audio tokens encoded, prompt tokens computed (the rest came from the prefix cache), prompt
   length, and the step's wall time (feed to partial). Work per step stays flat; only the text
   prefix grows.
-- capacity (engine/bench/live.py, with mixed): N streams in process, each fed 100 ms of audio every 100 ms of wall time for
-  `duration` seconds and committing a segment every `segment_seconds_live` (as VAD would; the
-  first segment of each stream has a random length, and stream starts are spread over one step,
-  so steps and commits do not all fall on the same instant). Partial latency runs from the wall
-  time of the feed that closed a step (the one holding its last sample: the feed that made it
-  due) to the arrival of its Partial on the event loop. Also: steps merged because the previous
-  one ran late, final latency (commit to Final), the largest backlog (audio fed and not yet
-  heard by the model; a step's 2 s is its floor), what was left when the drain ended, and the
-  largest N whose p95 stays under 300 ms.
+- capacity (engine/bench/live.py, with mixed): N streams in process, each fed 100 ms of audio
+  every 100 ms of wall time for `duration` seconds and committing a segment every
+  `segment_seconds_live` (as VAD would; the first segment of each stream has a random length, and
+  stream starts are spread over one step, so steps and commits do not all fall on the same
+  instant). Partial latency runs from the wall time of the feed that closed a step (the one
+  holding its last sample: the feed that made it due) to the arrival of its Partial on the event
+  loop. Also: steps merged because the previous one ran late, final latency (commit to Final), the
+  largest backlog (audio fed and not yet heard by the model; a step's 2 s is its floor), what was
+  left when the drain ended, and the largest N whose p95 stays under 300 ms.
 - mixed: ASR partial latency under chat load (issue 8's target: p95 at most 1.5x ASR alone).
   `mixed_streams` live streams as in capacity, run twice in the same process: alone, then while
   a chat model on the same runtime thread (random weights in the Qwen3 shape `chat_shape`,
@@ -182,6 +182,7 @@ def load_fixed(
 class AsrBench:
     shape: str | None = "qwen3-asr-0.6b"
     model: Path | None = None  # a checkpoint folder instead of random weights
+    second_pass: Path | None = None  # FunASR two-pass: the offline folder beside `model`
     workloads: tuple[str, ...] = DEFAULT_WORKLOADS
     segment_seconds: float = 300.0  # steps
     positions: tuple[float, ...] = (10.0, 60.0, 300.0)  # steps reported, seconds into the segment

@@ -20,6 +20,11 @@ of engine/bench/asr.py's workloads three apply (the others are skipped and liste
   final text is funasr's (SenseVoice's with the rich tags split off, as our worker does); in
   float32 every clip should match.
 
+Two-pass (`--second-pass DIR`: `--model` is the Paraformer-streaming folder, DIR the offline
+Paraformer or SenseVoiceSmall one, as `rtserve serve` pairs them for FunASR's 2pass mode):
+capacity only, streams of engine/two_pass.py's model whose partials are the online pass's and
+whose finals are the offline pass's; both workers share the runtime thread.
+
 Random weights in the released shapes: `python -m engine.bench.funasr_shapes SHAPE DIR`.
 These families serve in float32 unless told otherwise (the CIF's fire decisions are threshold
 crossings), so the CLI benches them in float32 unless `--dtype` says otherwise. funasr gets
@@ -56,6 +61,7 @@ from engine.models.sensevoice import parse_rich
 from engine.runtime import Runtime
 from engine.sensevoice_asr import load_sensevoice
 from engine.streaming import StreamOptions
+from engine.two_pass import TwoPassModel
 
 FAMILIES = ("Paraformer", "ParaformerStreaming", "SenseVoiceSmall")
 WORKLOADS = ("capacity", "offline", "baseline")
@@ -69,6 +75,20 @@ def is_funasr(path: Path) -> bool:
 
 
 @dataclass
+class Workers:
+    """Several workers seen as one, for the live workloads' waits (`streams`, `has_work`)."""
+
+    workers: tuple[Any, ...]
+
+    @property
+    def streams(self) -> list[Any]:
+        return [s for w in self.workers for s in w.streams]
+
+    def has_work(self) -> bool:
+        return any(w.has_work() for w in self.workers)
+
+
+@dataclass
 class FunasrSystem:
     """The served model under test (asr.py's workloads read `model` and `worker`)."""
 
@@ -78,6 +98,8 @@ class FunasrSystem:
 
     @property
     def worker(self) -> Any:
+        if isinstance(self.model, TwoPassModel):
+            return Workers((self.model.online.worker, self.model.offline.worker))
         return self.model.worker
 
     def close(self) -> None:
@@ -90,18 +112,29 @@ class FunasrSystem:
 
 def load_system(b: asr.AsrBench) -> FunasrSystem:
     """The folder served as `rtserve serve` serves it, on the bench's device and dtype."""
-    family = config_yaml_model(Path(b.model))
     runtime = Runtime(name="bench-asr")
-    dtype = getattr(torch, b.dtype)
-    if family == "SenseVoiceSmall":
-        model = load_sensevoice(b.model, "bench", b.performance_mode, runtime, b.device, dtype)
-    else:
-        model = load_paraformer(b.model, "bench", b.performance_mode, runtime, b.device, dtype)
+    family, model = _load(Path(b.model), b, runtime)
+    if b.second_pass is not None:
+        if family != "ParaformerStreaming":
+            raise live.BenchError(f"--second-pass needs a Paraformer-streaming --model: {family}")
+        second, offline = _load(Path(b.second_pass), b, runtime)
+        if second not in ("Paraformer", "SenseVoiceSmall"):
+            raise live.BenchError(f"--second-pass: {second} is not an offline model")
+        family, model = f"{family}+{second}", TwoPassModel(model, offline)
     return FunasrSystem(model, runtime, family)
 
 
+def _load(path: Path, b: asr.AsrBench, runtime: Runtime) -> tuple[str, Any]:
+    family = config_yaml_model(path)
+    dtype = getattr(torch, b.dtype)
+    if family == "SenseVoiceSmall":
+        return family, load_sensevoice(path, "bench", b.performance_mode, runtime, b.device, dtype)
+    return family, load_paraformer(path, "bench", b.performance_mode, runtime, b.device, dtype)
+
+
 def run(b: asr.AsrBench) -> dict[str, Any]:
-    workloads = [w for w in WORKLOADS if w in b.workloads]
+    applicable = ("capacity",) if b.second_pass is not None else WORKLOADS
+    workloads = [w for w in applicable if w in b.workloads]
     torch.manual_seed(b.seed)
     signal = synthetic.speech_like(b.signal_seconds(), b.seed)
     progress = asr.Progress(1 + len(b.streams) * ("capacity" in workloads) + 2)
@@ -114,7 +147,7 @@ def run(b: asr.AsrBench) -> dict[str, Any]:
         "hardware": report.hardware(),
         "torch": torch.__version__,
         "settings": asr.settings(b),
-        "skipped_workloads": sorted(set(b.workloads) - set(WORKLOADS)),
+        "skipped_workloads": sorted(set(b.workloads) - set(applicable)),
     }
     offsets = asr.clip_offsets(b, signal)
     texts: list[str] = []
