@@ -139,22 +139,24 @@ class AuTEncoder(nn.Module):
 
     def encode_windows(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
         """Several windows (n_mels, F_i), from any streams, in one batch -> their token outputs."""
-        chunks, owners, lengths = [], [], []
-        for w, feats in enumerate(windows):
-            for i in range(0, feats.shape[1], CHUNK_FRAMES):
-                chunk = feats[:, i : i + CHUNK_FRAMES]
-                lengths.append(chunk_tokens(chunk.shape[1]))
-                chunks.append(F.pad(chunk, (0, CHUNK_FRAMES - chunk.shape[1])))
-                owners.append(w)
-        x = torch.stack(chunks)[:, None]  # (C, 1, n_mels, 100)
+        # Each window zero-padded to whole 100-frame chunks, all chunks of all windows in one
+        # batch (a pad and a reshape per window, not per chunk).
+        chunks = []
+        for feats in windows:
+            pad = -feats.shape[1] % CHUNK_FRAMES
+            n_mels = feats.shape[0]
+            chunks.append(F.pad(feats, (0, pad)).view(n_mels, -1, CHUNK_FRAMES).transpose(0, 1))
+        x = torch.cat(chunks)[:, None]  # (C, 1, n_mels, 100)
         x = F.gelu(self.conv2d3(F.gelu(self.conv2d2(F.gelu(self.conv2d1(x))))))  # (C, c, f, 13)
         C, c, f, t = x.shape
         x = self.conv_out(x.permute(0, 3, 1, 2).reshape(C, t, c * f))  # (C, 13, d)
         x = x + self.positions.to(x)
-        per_window: list[list[torch.Tensor]] = [[] for _ in windows]
-        for chunk, owner, n in zip(x, owners, lengths, strict=True):
-            per_window[owner].append(chunk[:n])
-        tokens = [torch.cat(p) for p in per_window]
+        # a window's tokens: its chunks' rows end to end, cut where its last chunk's audio ends
+        tokens, at = [], 0
+        for feats, chunk in zip(windows, chunks, strict=True):
+            k = chunk.shape[0]
+            tokens.append(x[at : at + k].reshape(k * t, -1)[: audio_tokens(feats.shape[1])])
+            at += k
         longest = max(t.shape[0] for t in tokens)
         h = torch.stack([F.pad(t, (0, 0, 0, longest - t.shape[0])) for t in tokens])  # (W, L, d)
         mask = (
