@@ -213,9 +213,31 @@ def summarize(result: dict[str, Any], out: Path, name: str) -> str:
         if r["kernel"] == "triton-paged" and fa4 is not None:
             r["vs_fa4"] = fa4["us"] / r["us"]
     path = report.write(out, name, result)
+    plotted = plot(result, path.with_suffix(""))
     head = (
         f"{result['hardware']}: copy {result['copy_tb_s']:.2f} TB/s, "
         f"bf16 matmul {result['matmul_tflops']:.0f} TFLOP/s (measured in this run)\n"
     )
     columns = ["kernel", "workload", "us", "tb_s", "of_copy", "tflops", "of_matmul", "vs_fa4"]
-    return head + report.table(rows, columns) + f"\n\nJSON: {path}"
+    plots = "".join(f"\nplot: {p}" for p in plotted)
+    return head + report.table(rows, columns) + f"\n\nJSON: {path}" + plots
+
+
+def plot(result: dict[str, Any], stem: Path) -> list[Path]:
+    """Bar charts of decode TB/s and prefill TFLOP/s per kernel and case, with the measured
+    ceiling in each title: STEM-decode.png and STEM-prefill.png (none without matplotlib)."""
+    made = []
+    for phase, key, unit, ceiling in (
+        ("decode", "tb_s", "TB/s of KV read", f"copy {result['copy_tb_s']:.2f} TB/s"),
+        ("prefill", "tflops", "TFLOP/s", f"bf16 matmul {result['matmul_tflops']:.0f} TFLOP/s"),
+    ):
+        rows = [r for r in result["rows"] if r["workload"].startswith(phase)]
+        groups = list(dict.fromkeys(r["workload"].removeprefix(f"{phase} ") for r in rows))
+        kernels = list(dict.fromkeys(r["kernel"] for r in rows))
+        by = {(r["kernel"], r["workload"].removeprefix(f"{phase} ")): r[key] for r in rows}
+        series = {k: [by.get((k, g), 0.0) for g in groups] for k in kernels}
+        path = stem.parent / f"{stem.name}-{phase}.png"
+        title = f"{phase} ({result['hardware']}; measured ceiling: {ceiling})"
+        if rows and report.plot_bars(path, title, groups, series, unit):
+            made.append(path)
+    return made
