@@ -126,6 +126,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--format", default="text", choices=["text", "json", "verbose_json", "srt", "vtt"]
     )
+    t.add_argument(
+        "--words",
+        action="store_true",
+        help="verbose_json: add the timed words (models that time them, e.g. FireRedASR2-AED)",
+    )
     b = sub.add_parser("bench", help="benchmarks (results: README, docs/benchmarks.md)")
     work = b.add_subparsers(dest="workload", required=True)
     c = work.add_parser("chat", help="decode tokens/s and time to first token vs transformers")
@@ -257,6 +262,12 @@ def transcribe_files(a: argparse.Namespace) -> int:
             f"rtserve: {spec.source} is a {model.kind} model, not a speech model", file=sys.stderr
         )
         return 2
+    if a.words and a.format != "verbose_json":
+        print("rtserve: --words needs --format verbose_json", file=sys.stderr)
+        return 2
+    if a.words and not getattr(model, "word_timestamps", False):
+        print(f"rtserve: {spec.source}: this model does not time its words", file=sys.stderr)
+        return 2
     options = StreamOptions(a.language, a.prompt)
     status = 0
     for path in a.files:
@@ -267,7 +278,7 @@ def transcribe_files(a: argparse.Namespace) -> int:
             print(f"rtserve: {path}: {e}", file=sys.stderr)
             status = 1
             continue
-        body, _ = render(result, a.format)
+        body, _ = render(result, a.format, a.words)
         print(body.rstrip("\n"))
     return status
 

@@ -466,3 +466,22 @@ def assert_words(words: list, clip: str) -> None:
     want = case(clip)["timestamp"]
     assert [w[0] for w in words] == [w[0] for w in want]
     assert np.allclose([w[1:] for w in words], [w[1:] for w in want], atol=0.011)
+
+
+def test_transcribe_cli_words(folder, tmp_path):
+    """`rtserve transcribe --format verbose_json --words`: the file's timed words; --words
+    without verbose_json is refused."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "hello.wav"
+    sf.write(path, fireredasr2_audio("hello"), 16000, subtype="PCM_16")
+    cli = [sys.executable, "-m", "rtserve", "transcribe", str(path), "--model", str(folder)]
+    r = subprocess.run([*cli, "--format", "verbose_json", "--words"], capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    body = json.loads(r.stdout)
+    assert body["words"] and all(w["start"] <= w["end"] for w in body["words"])
+    assert "".join(w["word"] for w in body["words"]) == body["text"].replace(" ", "")
+    r = subprocess.run([*cli, "--words"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--words needs --format verbose_json" in r.stderr
