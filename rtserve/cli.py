@@ -154,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _bench_asr_flags(work) -> None:
-    from engine.bench.asr import DEFAULT_BASELINE_PYTHON, DEFAULT_WORKLOADS, WORKLOADS
+    from engine.bench.asr import DEFAULT_BASELINE_PYTHON, DEFAULT_WORKLOADS, WORKLOADS, AsrBench
     from engine.bench.chat import SHAPES as CHAT_SHAPES
     from engine.bench.synthetic import SHAPES
 
@@ -213,6 +213,13 @@ def _bench_asr_flags(work) -> None:
         "FunASR folders (default %(default)s)",
     )
     r.add_argument("--baseline-repeats", type=int, default=3, help="baseline runs per step")
+    r.add_argument(
+        "--baseline-timeout",
+        type=float,
+        default=AsrBench.baseline_timeout,
+        help="seconds the baseline subprocess may take; past them it is reported as failed and "
+        "our results stand (default %(default)s)",
+    )
     r.add_argument(
         "--baseline-streams",
         type=int,
@@ -344,6 +351,7 @@ def bench_asr(a: argparse.Namespace) -> int:
         procs=a.procs,
         baseline_python=a.baseline_python,
         baseline_repeats=a.baseline_repeats,
+        baseline_timeout=a.baseline_timeout,
         baseline_streams=a.baseline_streams,
         performance_mode=a.performance_mode,
         attention_backend=a.attention_backend,

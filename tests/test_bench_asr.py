@@ -369,3 +369,19 @@ def test_funasr_shape_writer_released_shapes():
     sp = spm.SentencePieceProcessor(model_proto=funasr_shapes.sentencepiece_model(25055))
     assert sp.get_piece_size() == 25055 and sp.piece_to_id("<|zh|>") > 2
     assert sp.id_to_piece(0) == "<unk>"  # the CTC blank
+
+
+def test_a_baseline_past_its_timeout_leaves_our_results(funasr_dirs, tmp_path, capsys):
+    """--baseline-timeout: the baseline is reported as failed, the in-process rows stand."""
+    import sys
+
+    from rtserve.cli import main
+
+    folder = funasr_dirs["sensevoice"]
+    args = ["bench", "asr", "--model", str(folder), "--workloads", "offline,baseline"]
+    args += ["--concurrency", "2", "--clip-seconds", "2", "--device", "cpu", "--out", str(tmp_path)]
+    args += ["--baseline-python", sys.executable, "--baseline-timeout", "0.01"]
+    assert main(args) == 0
+    result = json.loads(next(tmp_path.glob("asr-sensevoice-*.json")).read_text())
+    assert "timed out" in result["baseline"]["error"]
+    assert result["offline"]["audio_s_per_s"] > 0
