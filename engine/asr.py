@@ -9,8 +9,6 @@ transcript events, delivered to the handle's event loop.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import logging
 import threading
@@ -28,7 +26,14 @@ from engine.request import INTERACTIVE
 from engine.rollback import RollbackConfig, Segment, StepPlan
 from engine.runtime import Runtime
 from engine.sampling import SamplingParams
-from engine.streaming import Final, Partial, SegmentFailed, StreamOptions, TranscriptEvent
+from engine.streaming import (
+    Final,
+    Partial,
+    SegmentFailed,
+    StreamOptions,
+    TranscriptEvent,
+    WorkerHandle,
+)
 from engine.tokenizer import Tokenizer
 from engine.weights import load_safetensors
 from kernels.attention import backend
@@ -194,16 +199,23 @@ class AsrWorker:
             return False
         return s.queue[0].committed or bool(s.queue[0].due())
 
-    @torch.inference_mode()
-    def _launch(self, streams: list[Stream]) -> None:
+    def _plans(self, streams: list[Stream]) -> list[tuple[Stream, Segment, StepPlan]]:
+        """The next step of each due stream's oldest segment (a committed one gets its final
+        before anything else); a committed segment with nothing new since its last step is
+        finalized here instead."""
         plans = []
         for s in streams:
-            seg = s.queue[0]  # the oldest: a committed one gets its final before anything else
+            seg = s.queue[0]
             upto = seg.audio.size if seg.committed else seg.due()
-            if seg.committed and upto == seg.stepped:  # nothing new since its last step
+            if seg.committed and upto == seg.stepped:
                 self._finalize(s, seg, *seg.parsed())
                 continue
             plans.append((s, seg, seg.plan(upto, seg.committed)))
+        return plans
+
+    @torch.inference_mode()
+    def _launch(self, streams: list[Stream]) -> None:
+        plans = self._plans(streams)
         jobs = [
             (seg, w, seg.features(raw, p.floor))
             for _, seg, p in plans
@@ -305,48 +317,11 @@ class AsrWorker:
         s.handle._deliver(event)
 
 
-class AsrHandle:
-    """The event-loop side of a stream (engine/streaming.py's StreamHandle)."""
+class AsrHandle(WorkerHandle):
+    """The event-loop side of a Qwen3-ASR stream (engine/streaming.py's WorkerHandle)."""
 
     def __init__(self, worker: AsrWorker, stream_args: dict) -> None:
-        self._worker = worker
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[TranscriptEvent | None] = asyncio.Queue()
-        self.consumed = 0  # written by the worker
-        self._stream = Stream(self, **stream_args)
-        worker.post(self, "open", self._stream)
-
-    def feed(self, samples: np.ndarray) -> None:
-        self._worker.post(self, "audio", np.asarray(samples, dtype=np.float32).copy())
-
-    def commit(self) -> None:
-        self._worker.post(self, "commit")
-
-    def clear(self) -> None:
-        self._worker.post(self, "clear")
-
-    def finish(self) -> None:
-        self._worker.post(self, "finish")
-
-    def cancel(self) -> None:
-        self._worker.post(self, "cancel")
-
-    @property
-    def consumed_samples(self) -> int:
-        return self.consumed
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> TranscriptEvent:
-        event = await self._queue.get()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    def _deliver(self, event: TranscriptEvent | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        super().__init__(worker, lambda handle: Stream(handle, **stream_args))
 
 
 @dataclass

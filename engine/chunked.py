@@ -25,10 +25,9 @@ the committed one still has chunks to run. Only a stream's oldest segment runs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,15 @@ from engine.funasr_text import CharTokens
 from engine.models.paraformer import FRAME_SAMPLES, ChunkConfig, Paraformer, ParaformerConfig
 from engine.models.paraformer import StreamState as ModelState
 from engine.runtime import Runtime
-from engine.streaming import Final, Partial, SegmentFailed, StreamOptions, TranscriptEvent, Word
+from engine.streaming import (
+    Final,
+    Partial,
+    SegmentFailed,
+    StreamOptions,
+    TranscriptEvent,
+    Word,
+    WorkerHandle,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +118,7 @@ class TextTokens(Protocol):
     def text(self, ids: Iterable[int]) -> str: ...
 
 
-class _Worker:
+class _Worker(ABC):
     """The inbox, the commands and the events; subclasses say when a segment is due and run
     the due ones (`_run`)."""
 
@@ -174,11 +181,13 @@ class _Worker:
             s.handle.consumed = s.base
             self._maybe_close(s)
 
+    @abstractmethod
     def _due(self, seg: Segment) -> bool:
-        raise NotImplementedError
+        """Whether the segment has a step to run now."""
 
+    @abstractmethod
     def _run(self, jobs: list[tuple[Stream, Segment]]) -> None:
-        raise NotImplementedError
+        """Run the due segments' steps, batched."""
 
     # ---- commands ----
 
@@ -356,48 +365,11 @@ class SegmentWorker(_Worker):
         return [Decoded(self.tokens.text(ids)) for ids in result.ids]
 
 
-class FunasrHandle:
-    """The event-loop side of a stream (engine/streaming.py's StreamHandle)."""
+class FunasrHandle(WorkerHandle):
+    """The event-loop side of a FunASR model's stream (engine/streaming.py's WorkerHandle)."""
 
     def __init__(self, worker: _Worker, options: Any = None) -> None:
-        self._worker = worker
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[TranscriptEvent | None] = asyncio.Queue()
-        self.consumed = 0  # written by the worker
-        self._stream = Stream(self, options)
-        worker.post(self, "open", self._stream)
-
-    def feed(self, samples: np.ndarray) -> None:
-        self._worker.post(self, "audio", np.asarray(samples, dtype=np.float32).copy())
-
-    def commit(self) -> None:
-        self._worker.post(self, "commit")
-
-    def clear(self) -> None:
-        self._worker.post(self, "clear")
-
-    def finish(self) -> None:
-        self._worker.post(self, "finish")
-
-    def cancel(self) -> None:
-        self._worker.post(self, "cancel")
-
-    @property
-    def consumed_samples(self) -> int:
-        return self.consumed
-
-    def __aiter__(self) -> FunasrHandle:
-        return self
-
-    async def __anext__(self) -> TranscriptEvent:
-        event = await self._queue.get()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    def _deliver(self, event: TranscriptEvent | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        super().__init__(worker, lambda handle: Stream(handle, options))
 
 
 @dataclass

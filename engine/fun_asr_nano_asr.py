@@ -218,14 +218,8 @@ class NanoWorker(AsrWorker):
     @torch.inference_mode()
     def _launch(self, streams: list[Stream]) -> None:
         plans = []
-        for s in streams:
-            seg = s.queue[0]  # the oldest: a committed one gets its final before anything else
-            upto = seg.audio.size if seg.committed else seg.due()
-            if seg.committed and upto == seg.stepped:  # nothing new since its last step
-                self._finalize(s, seg, *seg.parsed())
-                continue
-            plan = seg.plan(upto, seg.committed)
-            if upto < MIN_SAMPLES:  # too short for one Kaldi window: nothing to decode
+        for s, seg, plan in self._plans(streams):
+            if plan.upto < MIN_SAMPLES:  # too short for one Kaldi window: nothing to decode
                 self._result(s, seg, plan, [])
                 continue
             plans.append((s, seg, plan))

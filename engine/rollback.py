@@ -23,6 +23,7 @@ format. Fun-ASR-Nano's segment (engine/fun_asr_nano_asr.py) is another subclass.
 from __future__ import annotations
 
 import secrets
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,7 +81,7 @@ def final_windows(upto: int, window_frames: int) -> int:
     return w
 
 
-class RollbackSegment:
+class RollbackSegment(ABC):
     """The text side of the rollback policy for one open segment: its audio, the step cadence,
     the last output and the text prefix of the next step. Subclasses say how an output reads
     (`parse`) and which part of a prefix is transcript (`stable_text`)."""
@@ -146,13 +147,13 @@ class RollbackSegment:
     def parsed(self) -> tuple[str, str]:
         return self.parse(self.raw)
 
+    @abstractmethod
     def parse(self, raw: str) -> tuple[str, str]:
         """An output (prefix + generated text) -> (language, transcript)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stable_text(self, prefix: str) -> str:
         """The transcript part of a rollback prefix (what the next step cannot change)."""
-        raise NotImplementedError
 
 
 class Segment(RollbackSegment):

@@ -11,9 +11,11 @@ the tail that may still change. Sessions enforce this on the wire even when a mo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -89,6 +91,53 @@ class StreamHandle(Protocol):
         """Samples fed so far that the model has already heard (drives lag accounting)."""
 
     def __aiter__(self) -> AsyncIterator[TranscriptEvent]: ...
+
+
+class WorkerHandle:
+    """A StreamHandle whose model runs on a runtime worker (engine/runtime.py): its calls post
+    commands to the worker's inbox, and the worker hands events back with `_deliver` (from its
+    thread) and keeps `consumed` current. `make_stream(handle)` is the worker's per-stream
+    state, posted to the worker with "open"."""
+
+    def __init__(self, worker: Any, make_stream: Callable[[WorkerHandle], Any]) -> None:
+        self._worker = worker
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[TranscriptEvent | None] = asyncio.Queue()
+        self.consumed = 0  # written by the worker
+        self._stream = make_stream(self)
+        worker.post(self, "open", self._stream)
+
+    def feed(self, samples: np.ndarray) -> None:
+        self._worker.post(self, "audio", np.asarray(samples, dtype=np.float32).copy())
+
+    def commit(self) -> None:
+        self._worker.post(self, "commit")
+
+    def clear(self) -> None:
+        self._worker.post(self, "clear")
+
+    def finish(self) -> None:
+        self._worker.post(self, "finish")
+
+    def cancel(self) -> None:
+        self._worker.post(self, "cancel")
+
+    @property
+    def consumed_samples(self) -> int:
+        return self.consumed
+
+    def __aiter__(self) -> WorkerHandle:
+        return self
+
+    async def __anext__(self) -> TranscriptEvent:
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    def _deliver(self, event: TranscriptEvent | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
 
 class AsrModel(Protocol):
