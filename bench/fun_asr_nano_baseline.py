@@ -29,7 +29,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,13 +43,9 @@ logging.disable(logging.WARNING)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from baseline_runs import run_offline, run_steps, sync  # noqa: E402  (this folder)
 
 LLM_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 class Baseline:
@@ -127,37 +122,6 @@ class Baseline:
         sync(self.device)
         assert len(results) == len(clips)
         return {"seconds": time.perf_counter() - t0, "generated_tokens": new_tokens}
-
-
-def run_steps(base: Baseline, audio: np.ndarray, steps: list[dict], repeats: int) -> list[dict]:
-    first = steps[0]
-    base.step(audio[: first["upto"]], first["prefix"], first["new_tokens"])  # warm-up
-    out = []
-    for s in steps:
-        runs = [
-            base.step(audio[: s["upto"]], s["prefix"], s["new_tokens"])
-            for _ in range(max(1, repeats))
-        ]
-        row = runs[0] | {"step_ms": statistics.median(r["step_ms"] for r in runs)}
-        row["features_ms"] = statistics.median(r["features_ms"] for r in runs)
-        out.append({"at_s": s["at_s"]} | row)
-        print(f"baseline step at {s['at_s']:g} s: {row['step_ms']:.1f} ms", file=sys.stderr)
-    return out
-
-
-def run_offline(base: Baseline, audio: np.ndarray, spec: dict) -> dict:
-    n = spec["clip_samples"]
-    clips = [audio[o : o + n] for o in spec["offsets"]]
-    base.offline(clips[:2], 2)  # warm-up
-    r = base.offline(clips, spec["new_tokens"])
-    seconds = len(clips) * n / 16000
-    return {
-        "concurrency": len(clips),
-        "clip_seconds": n / 16000,
-        "output_tokens_per_clip": r["generated_tokens"],
-        "seconds": r["seconds"],
-        "audio_s_per_s": seconds / r["seconds"],
-    }
 
 
 def versions() -> dict[str, str]:

@@ -47,14 +47,10 @@ logging.disable(logging.WARNING)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from baseline_runs import sync  # noqa: E402  (this folder)
 
 STREAM_ARGS = {"chunk_size": [0, 10, 5], "encoder_chunk_look_back": 4, "decoder_chunk_look_back": 1}
 SENSEVOICE_ARGS = {"language": "auto", "use_itn": False}
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def load(folder: str, device: str):
