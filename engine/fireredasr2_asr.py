@@ -80,12 +80,14 @@ class FireRedWorker(SegmentWorker):
         hyps = engine_beam_search(self.engine, enc, lengths, self.settings)
         log_probs = self.model.ctc_log_probs(enc)  # (S, T', V)
         out = []
-        for i, h in enumerate(hyps):
-            ids = h[0].ids
-            # the end of the segment's last 25 ms fbank window (within 10 ms of its audio's end)
-            duration = (int(frames[i]) - 1) * FRAME_MS / 1000 + END_MS / 1000
-            stamps = token_timestamps(log_probs[i, : int(lengths[i])], ids, duration, self.tokens)
-            words = tuple(Word(text, start, end) for text, start, end in stamps)
+        for i, (h, s) in enumerate(zip(hyps, streams, strict=True)):
+            ids, words = h[0].ids, None
+            if s.queue[0].committed:  # the final: its words are timed (partials go untimed)
+                # the end of the last 25 ms fbank window (within 10 ms of the audio's end)
+                duration = (int(frames[i]) - 1) * FRAME_MS / 1000 + END_MS / 1000
+                lp = log_probs[i, : int(lengths[i])]
+                stamps = token_timestamps(lp, ids, duration, self.tokens)
+                words = tuple(Word(text, start, end) for text, start, end in stamps)
             out.append(Decoded(self.tokens.text(ids), words=words))
         return out
 
