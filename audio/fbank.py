@@ -55,6 +55,8 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 from torch import Tensor
 
+from audio.features import as_batch
+
 SAMPLE_RATE = 16000
 FRAME_LENGTH = 400  # 25 ms
 FRAME_SHIFT = 160  # 10 ms
@@ -111,15 +113,6 @@ def _window(kind: str, device: torch.device) -> Tensor:
     raise ValueError(f"window must be 'hamming' or 'povey', not {kind!r}")
 
 
-def _as_batch(x: Tensor) -> Tensor:
-    x = torch.as_tensor(x)
-    if x.dim() == 1:
-        x = x[None]
-    if x.dim() != 2:
-        raise ValueError(f"expected a (N,) or (B, N) waveform, got shape {tuple(x.shape)}")
-    return x.float()
-
-
 def _lengths(lengths: Tensor | None, batch: int, n: int, device: torch.device) -> Tensor:
     if lengths is None:
         return torch.full((batch,), n, dtype=torch.long, device=device)
@@ -141,7 +134,7 @@ def fbank(
     "hamming" (FunASR) or "povey" (Kaldi's default, FireRedASR's).
     Returns float32 (B, T, n_mels), T = num_frames(N), and frames (B,) = num_frames(lengths);
     rows at or past an item's frame count are zeros."""
-    x = _as_batch(x)
+    x = as_batch(x)
     b, n = x.shape
     lengths = _lengths(lengths, b, n, x.device)
     frames = torch.where(lengths >= FRAME_LENGTH, 1 + (lengths - FRAME_LENGTH) // FRAME_SHIFT, 0)
@@ -263,7 +256,7 @@ class WavFrontend:
         return out, out_frames
 
     def __call__(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x = _as_batch(x)
+        x = as_batch(x)
         lengths = _lengths(lengths, x.shape[0], x.shape[1], x.device)
         feats, frames = fbank(x, lengths, self.n_mels)
         short = ((lengths > 0) & (lengths < FRAME_LENGTH)).nonzero().flatten().tolist()

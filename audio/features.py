@@ -84,7 +84,8 @@ def final_frames(n_samples: int) -> int:
     return max(0, (n_samples - PAD) // HOP + 1)
 
 
-def _as_batch(x: Tensor) -> Tensor:
+def as_batch(x: Tensor) -> Tensor:
+    """A waveform as a float32 (B, N) batch."""
     x = torch.as_tensor(x)
     if x.dim() == 1:
         x = x[None]
@@ -132,7 +133,7 @@ def log_mel(x: Tensor, lengths: Tensor | None = None, n_mels: int = N_MELS) -> T
     """Unclamped Whisper log-mel. x: (B, N) or (N,) waveform at 16 kHz; lengths: (B,) valid
     samples per row (default N), each row padded at its own end as if alone. Returns float32
     (B, n_mels, N // 160); frames at or past lengths // 160 are padding (mask them)."""
-    x = _as_batch(x)
+    x = as_batch(x)
     lengths = _lengths(lengths, x)
     return _log_mel_padded(_pad(x, lengths), n_mels)
 
@@ -184,7 +185,7 @@ def whisper_features(
     (normally dropped) frames just past its end, which still see its last 200 samples, count;
     (3) its attention mask counts ceil(lengths / 160) frames, one more than alone whenever
     lengths % 160 != 0 (capped at the row's N // 160); `frames` returns that count."""
-    x = _as_batch(x)
+    x = as_batch(x)
     lengths = _lengths(lengths, x)
     n_frames = x.shape[1] // HOP
     if hf_batch:
