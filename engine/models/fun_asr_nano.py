@@ -113,17 +113,7 @@ class FunASRNanoConfig:
         text = Qwen3Config.from_dict(llm)
         ad = config.get("audio_adaptor_conf") or {}
         return cls(
-            encoder=SenseVoiceConfig(
-                input_size=front.get("n_mels", 80) * front.get("lfr_m", 1),
-                vocab_size=0,
-                d_model=d_enc,
-                heads=enc.get("attention_heads", 4),
-                ffn=enc.get("linear_units", 2048),
-                blocks=enc.get("num_blocks", 6),
-                tp_blocks=enc.get("tp_blocks", 0),
-                kernel_size=enc.get("kernel_size", 11),
-                shift=enc.get("sanm_shfit", 0),
-            ),
+            encoder=SenseVoiceConfig.from_encoder_conf(enc, front, vocab_size=0),
             # funasr sets encoder_dim and llm_dim from the encoder and the LLM, whatever the
             # config says
             adaptor=AdaptorConfig(

@@ -91,6 +91,15 @@ class SenseVoiceConfig:
         for what, (got, expected) in checks.items():
             if got != expected:
                 raise ValueError(f"encoder {what} {got!r} is not supported ({expected!r})")
+        blank_id = (config.get("model_conf") or {}).get("blank_id", 0)
+        return cls.from_encoder_conf(enc, front, vocab_size, blank_id)
+
+    @classmethod
+    def from_encoder_conf(
+        cls, enc: dict[str, Any], front: dict[str, Any], vocab_size: int, blank_id: int = 0
+    ) -> SenseVoiceConfig:
+        """The encoder's shape from its conf section and `frontend_conf` (funasr's keys and
+        defaults); also Fun-ASR-Nano's audio encoder."""
         return cls(
             input_size=front.get("n_mels", 80) * front.get("lfr_m", 1),
             vocab_size=vocab_size,
@@ -101,7 +110,7 @@ class SenseVoiceConfig:
             tp_blocks=enc.get("tp_blocks", 0),
             kernel_size=enc.get("kernel_size", 11),
             shift=enc.get("sanm_shfit", 0),
-            blank_id=(config.get("model_conf") or {}).get("blank_id", 0),
+            blank_id=blank_id,
         )
 
 
