@@ -432,7 +432,7 @@ async def _warm_up(system: System, signal: np.ndarray, steps: int = 10) -> None:
             if not isinstance(event, Partial):
                 raise BenchError(f"warm-up step {k + 1}: {event}")
         handle.commit()
-        await _final(handle)
+        await first_final(handle)
     finally:
         handle.cancel()
     await idle(system.worker)
@@ -515,10 +515,11 @@ def clip_offsets(b: AsrBench, signal: np.ndarray) -> list[int]:
     return [int(x) for x in rng.randint(0, signal.size - clip, b.concurrency)]
 
 
-async def offline(
-    system: System, b: AsrBench, signal: np.ndarray, offsets: list[int]
-) -> dict[str, Any]:
-    """Every clip fed whole and committed at once; the wall time until the last final."""
+async def run_clips(
+    system: Any, b: AsrBench, signal: np.ndarray, offsets: list[int]
+) -> tuple[list[Final], float]:
+    """Every clip fed whole and committed at once: their finals, and the wall time until the
+    last one (any served speech model's system: `model` and `worker`)."""
     clip = int(b.clip_seconds * SAMPLE_RATE)
     t0 = time.perf_counter()
     handles = []
@@ -527,11 +528,20 @@ async def offline(
         handle.feed(signal[off : off + clip])
         handle.commit()
         handles.append(handle)
-    await asyncio.gather(*(_final(h) for h in handles))
+    finals = await asyncio.gather(*(first_final(h) for h in handles))
     wall = time.perf_counter() - t0
     for h in handles:
         h.cancel()
     await idle(system.worker)
+    return list(finals), wall
+
+
+async def offline(
+    system: System, b: AsrBench, signal: np.ndarray, offsets: list[int]
+) -> dict[str, Any]:
+    """The clips through `run_clips`; audio seconds per wall second."""
+    clip = int(b.clip_seconds * SAMPLE_RATE)
+    _, wall = await run_clips(system, b, signal, offsets)
     return {
         "concurrency": len(offsets),
         "clip_seconds": clip / SAMPLE_RATE,
@@ -541,7 +551,7 @@ async def offline(
     }
 
 
-async def _final(handle: AsrHandle) -> Final:
+async def first_final(handle: AsrHandle) -> Final:
     async for event in handle:
         if isinstance(event, Final):
             return event

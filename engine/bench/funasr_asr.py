@@ -45,7 +45,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,7 +183,7 @@ async def _warm_up(system: FunasrSystem, signal: np.ndarray) -> None:
         for k in range(40):
             handle.feed(signal[k * live.CHUNK : (k + 1) * live.CHUNK])
         handle.commit()
-        await asyncio.wait_for(asr._final(handle), live.STEP_TIMEOUT_S)
+        await asyncio.wait_for(asr.first_final(handle), live.STEP_TIMEOUT_S)
     finally:
         handle.cancel()
     await live.idle(system.worker)
@@ -195,18 +194,7 @@ async def offline(
 ) -> tuple[dict[str, Any], list[str]]:
     """Every clip fed whole and committed at once: (row, each clip's final text)."""
     clip = int(b.clip_seconds * SAMPLE_RATE)
-    t0 = time.perf_counter()
-    handles = []
-    for off in offsets:
-        handle = system.model.open_stream(StreamOptions())
-        handle.feed(signal[off : off + clip])
-        handle.commit()
-        handles.append(handle)
-    finals = await asyncio.gather(*(asr._final(h) for h in handles))
-    wall = time.perf_counter() - t0
-    for h in handles:
-        h.cancel()
-    await live.idle(system.worker)
+    finals, wall = await asr.run_clips(system, b, signal, offsets)
     row = {
         "concurrency": len(offsets),
         "clip_seconds": clip / SAMPLE_RATE,
