@@ -3,9 +3,12 @@ forward, loss going down, resumable runs, export loaded by the production loader
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +29,13 @@ from tests.qwen3_golden import prompt_logits
 from tests.tiny_models import FIXTURES, qwen3_asr_audio
 from tests.tiny_models import build_qwen3_asr as build_checkpoint
 from train import make_data
-from train.data import batches, load_manifests
+from train.data import batches, load_manifests, prefetch
 from train.evaluate import load_model, transcribe
 from train.export import MAX_BYTES, export
-from train.model import Batcher, build_model, config_json
+from train.model import Batcher, build_model, config_json, pad
+from train.synth import SynthStream
 from train.tokenizer import ANSWER_PREFIX, write_tokenizer
-from train.train_asr import lr_at
+from train.train_asr import clipped_step, lr_at
 from train.train_asr import main as train_main
 from train.wer import edit_distance, normalize, wer
 
@@ -113,9 +117,34 @@ def test_make_data_writes_disjoint_opus_manifests(tmp_path):
         assert u.audio.size == r["samples"] and u.text == r["text"]
         rms = float(np.sqrt(np.mean(u.audio**2)))
         assert 1e-4 < rms < 0.5  # speech survived the encoding, within the gain range
-    # the same seed makes the same corpus
+    # the same seed makes the same sentences and voices (the waveforms differ by a few ms)
     again = make_data.generate(tmp_path / "again", 1, 20 / 3600, 0.25, 3, 1, WORDS)
-    assert again == made
+    for split, rows in made.items():
+        said = [(r["text"], r["voice"], r["rate"], r["pitch"]) for r in rows]
+        said_again = [(r["text"], r["voice"], r["rate"], r["pitch"]) for r in again[split]]
+        n = min(len(said), len(said_again))
+        assert said[:n] == said_again[:n] and abs(len(said) - len(said_again)) <= 1
+
+
+def test_prefetch_keeps_order_and_raises_the_producers_error():
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("bad shard")
+
+    got = []
+    with pytest.raises(ValueError, match="bad shard"):
+        for item in prefetch(failing()):
+            got.append(item)
+    assert got == [1]
+    endless = prefetch(itertools.count())
+    assert next(endless) == 0
+    endless.close()  # the consumer stops early: so does the thread
+    deadline = time.time() + 5
+    while any(t.name == "prefetch" for t in threading.enumerate()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "prefetch" for t in threading.enumerate())
 
 
 def test_batches_cover_every_utterance_once_within_the_budget(clips):
@@ -151,7 +180,7 @@ def test_dense_forward_and_batched_encoder_match_the_engine(tmp_path):
     batcher = Batcher(model, tok)
     audio = torch.from_numpy(qwen3_asr_audio("synthetic_12s"))  # two 8 s attention windows
     with torch.no_grad():
-        (embeds,) = batcher.audio([audio], torch.device("cpu"))
+        (embeds,) = batcher.audio(pad([audio]), torch.device("cpu"))
         feats, _ = whisper_features(audio)
         torch.testing.assert_close(embeds, model.encoder(feats[0]), atol=1e-5, rtol=1e-5)
         prompt = build_prompt(tok)
@@ -178,7 +207,7 @@ def overfit(tokenizer, clips) -> tuple[Batcher, list[list[float]]]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):
-        parts = batcher.losses(waves, [u.text for u in utts])
+        parts = batcher.losses(batcher.prepare(waves, [u.text for u in utts]))
         opt.zero_grad()
         (parts["ce"] + 0.3 * parts["ctc"]).backward()
         opt.step()
@@ -230,6 +259,74 @@ def test_training_runs_resume_from_their_checkpoint(clips, tmp_path):
     assert second["step"] == 5
     assert second["train_seconds"] > first["train_seconds"]
     assert [e["step"] for e in second["log"] if "heldout_wer" in e] == [3, 5]
+
+
+def test_training_on_synthesized_speech(clips, tmp_path):
+    args = ["--synth-workers", "1", "--synth-start", "0.005", "--heldout", str(clips)]
+    args += ["--run", str(tmp_path / "run"), "--preset", "tiny", "--batch-seconds", "20"]
+    args += ["--device", "cpu"]
+    first = train_main([*args, "--max-steps", "3"])
+    assert first["step"] == 3 and first["runs"] == 1 and first["synth_utterances"] >= 64
+    second = train_main([*args, "--max-steps", "5"])
+    assert second["step"] == 5 and second["runs"] == 2
+    assert second["synth_utterances"] > first["synth_utterances"]
+
+
+def test_synthesized_speech_is_fresh_bounded_and_avoids_held_out_sentences(clips):
+    reserved = frozenset(make_data.normalize_text(t) for t in CLIPS.values())
+    stream = SynthStream(1, seed=4, reserved=reserved, max_hours=20 / 3600)
+    try:
+        stream.wait(15 / 3600)
+        deadline = time.time() + 120
+        while stream.made == len(stream.corpus) and time.time() < deadline:
+            time.sleep(0.2)
+            stream.refresh()
+    finally:
+        stream.close()
+    utts = list(stream.corpus)
+    assert stream.made > len(utts) >= 2  # the oldest were dropped
+    assert stream.samples == sum(u.audio.size for u in utts) <= 20 * 16000 + utts[-1].audio.size
+    assert len({u.text for u in utts}) == len(utts) and all(u.text for u in utts)
+    assert all(u.audio.dtype == np.float16 and np.isfinite(u.audio).all() for u in utts)
+    assert not {make_data.normalize_text(u.text) for u in utts} & reserved
+
+
+def test_draw_utterance_skips_reserved_sentences():
+    said = iter(["Hello, this is a speech server test.", "Two words."])
+    text, x, how = make_data.draw_utterance(
+        np.random.default_rng(0),
+        lambda long: next(said),
+        ["m3"],
+        reserved=frozenset({"hello this is a speech server test"}),
+    )
+    assert text == "Two words." and x.dtype == np.float32 and x.size > 0
+    assert how["voice"].endswith("+m3")
+
+
+def test_ctc_loss_leaves_out_utterances_without_words(overfit):
+    batcher, _ = overfit
+    waves = [torch.randn(16000) * 0.1 for _ in range(2)]
+    ready = batcher.prepare(waves, ["", "hello there"])
+    assert ready.ctc_targets[0] == [] and ready.ctc_targets[1]
+    audio = batcher.audio(ready.waves, torch.device("cpu"))
+    both = batcher.ctc_loss(audio, ready.ctc_targets)
+    alone = batcher.ctc_loss(audio[1:], ready.ctc_targets[1:])
+    assert both.item() == pytest.approx(alone.item()) and alone.item() > 0
+    assert batcher.ctc_loss(audio, [[], []]).item() == 0.0
+
+
+def test_a_non_finite_gradient_skips_the_step():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(4, 3)).sum().backward()
+    model.weight.grad[0, 0] = float("nan")
+    assert not clipped_step(model, opt)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    opt.zero_grad()
+    model(torch.randn(4, 3)).sum().backward()
+    assert clipped_step(model, opt)
+    assert not torch.equal(before[0], model.weight)
 
 
 def test_learning_rate_warms_up_then_follows_the_time_cosine():

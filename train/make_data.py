@@ -11,28 +11,28 @@ to travel to the GPU host in one upload (<= 55 MiB with the code).
 A voice is an espeak-ng accent (`en-us`, `en-gb-scotland`, ...) with a voice variant (`+m3`,
 `+Annie`, ...); rate and pitch are drawn per utterance. Held-out utterances use only the variants
 of HELDOUT_VARIANTS, training ones never do, so held-out voices are unseen; and no held-out
-sentence occurs in training. Everything follows from --seed: each shard is built by one task
-seeded from (seed, split, shard number), so the worker count does not change the output.
+sentence occurs in training. The sentences, voices, rates and pitches follow from --seed: each
+shard is built by one task seeded from (seed, split, shard number), so the worker count does not
+change them. The waveforms vary by a few milliseconds between runs: espeak-ng's library keeps
+state (pitch flutter) from one utterance to the next, so the shard boundaries may move by one
+utterance too.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
-import soundfile as sf
 import torch
 
 from train.augment import RATE, augment, resampler
+from train.espeak import Voice
 from train.texts import Sentences, frequency_words, spoken_list
 from train.wer import normalize
 
@@ -79,19 +79,46 @@ def normalize_text(text: str) -> str:
     return " ".join(normalize(text))
 
 
+_voice: Voice | None = None  # one per process: espeak-ng keeps global state
+
+
 def speak(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
     """espeak-ng's waveform for text, trimmed of its silences, resampled to 16 kHz float32."""
-    wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "--stdout", text],
-        capture_output=True,
-        check=True,
-    ).stdout
-    x, rate_in = sf.read(io.BytesIO(wav), dtype="float32")
+    global _voice
+    if _voice is None:
+        _voice = Voice()
+    x = _voice(text, voice, rate, pitch)
     loud = np.flatnonzero(np.abs(x) > 1e-3)
     if loud.size == 0:
         return np.zeros(0, np.float32)
     x = x[loud[0] : loud[-1] + 1]
-    return resampler(rate_in)(torch.from_numpy(x)).numpy()
+    return resampler(_voice.rate)(torch.from_numpy(x)).numpy()
+
+
+def draw_utterance(
+    rng: np.random.Generator,
+    sentences: Sentences,
+    variants: list[str],
+    reserved: frozenset[str] = frozenset(),
+    min_words: int = 1,
+) -> tuple[str, np.ndarray, dict]:
+    """One augmented utterance: (transcript, 16 kHz float32 audio, how it was made)."""
+    while True:
+        text = sentences(long=rng.random() < LONG_SHARE)
+        norm = normalize_text(text)
+        if norm in reserved or len(norm.split()) < min_words:
+            continue
+        voice = f"{rng.choice(ACCENTS)}+{rng.choice(variants)}"
+        rate, pitch = int(rng.integers(120, 231)), int(rng.integers(15, 86))
+        # augment draws from its own generator: how much it draws depends on the waveform's
+        # length, which espeak-ng's library varies by a few ms with what the process said before
+        augment_rng = np.random.default_rng(int(rng.integers(2**63)))
+        x = speak(text, voice, rate, pitch)
+        if x.size == 0:
+            continue
+        x, done = augment(x, augment_rng)
+        if x.size <= MAX_SECONDS * RATE:
+            return text, x, {"voice": voice, "rate": rate, "pitch": pitch, "aug": done}
 
 
 def build_shard(task: ShardTask, out_dir: Path) -> list[dict]:
@@ -103,18 +130,7 @@ def build_shard(task: ShardTask, out_dir: Path) -> list[dict]:
     rows: list[dict] = []
     at = 0
     while at < task.seconds * RATE:
-        text = sentences(long=rng.random() < LONG_SHARE)
-        norm = normalize_text(text)
-        if norm in task.reserved or len(norm.split()) < task.min_words:
-            continue
-        voice = f"{rng.choice(ACCENTS)}+{rng.choice(variants)}"
-        rate, pitch = int(rng.integers(120, 231)), int(rng.integers(15, 86))
-        x = speak(text, voice, rate, pitch)
-        if x.size == 0:
-            continue
-        x, done = augment(x, rng)
-        if x.size > MAX_SECONDS * RATE:
-            continue
+        text, x, how = draw_utterance(rng, sentences, variants, task.reserved, task.min_words)
         rows.append(
             {
                 "id": f"{task.split}-{task.name}-{len(rows):04d}",
@@ -122,10 +138,7 @@ def build_shard(task: ShardTask, out_dir: Path) -> list[dict]:
                 "start": at,
                 "samples": int(x.size),
                 "text": text,
-                "voice": voice,
-                "rate": rate,
-                "pitch": pitch,
-                "aug": done,
+                **how,
             }
         )
         pieces += [x, np.zeros(GAP, np.float32)]
@@ -139,6 +152,8 @@ def build_shard(task: ShardTask, out_dir: Path) -> list[dict]:
 def write_opus(path: Path, x: np.ndarray) -> None:
     """16 kHz mono Ogg/Opus at OPUS_BITRATE. libav's libopus encodes ~4x faster than libsndfile's
     at the same size; soundfile reads the result sample-exact in length."""
+    import av  # here: the training host synthesizes in memory (train/synth.py) and has no av
+
     with av.open(str(path), "w", format="ogg") as out:
         stream = out.add_stream("libopus", rate=RATE, layout="mono")
         stream.bit_rate = OPUS_BITRATE

@@ -11,6 +11,8 @@ without speech answers `language None<asr_text>`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -112,6 +114,30 @@ def build_model(config: dict, device: torch.device | str = "cpu") -> Qwen3ASR:
     return model
 
 
+@dataclass(frozen=True)
+class Padded:
+    x: torch.Tensor  # (B, samples) float32 waveforms, zero-padded on the right
+    lengths: torch.Tensor  # (B,) samples
+
+
+def pad(waves: list[torch.Tensor], pin: bool = False) -> Padded:
+    lengths = torch.tensor([w.numel() for w in waves])
+    x = torch.zeros(len(waves), int(lengths.max()), pin_memory=pin)
+    for i, w in enumerate(waves):
+        x[i, : w.numel()] = w
+    return Padded(x, lengths)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A training batch as far as the CPU takes it."""
+
+    waves: Padded
+    answers: list[list[int]]  # answer token ids (transcript and end token), per item
+    ctc_targets: list[list[int]]  # transcript token ids ([] for silence), per item
+    snr_db: list[float] | None  # noise added on the device, per item (inf: none)
+
+
 class Batcher:
     """Turns utterances into model inputs: features, audio embeddings, prompt ids, labels."""
 
@@ -124,16 +150,12 @@ class Batcher:
         self.window = model.config.audio.window_frames
 
     def audio(
-        self, waves: list[torch.Tensor], device: torch.device, snr_db: list[float] | None = None
+        self, waves: Padded, device: torch.device, snr_db: list[float] | None = None
     ) -> list[torch.Tensor]:
-        """16 kHz waveforms (CPU) -> their audio-token embeddings (one (n_i, hidden) each).
+        """16 kHz waveforms -> their audio-token embeddings (one (n_i, hidden) each).
         snr_db: white noise added on the device at these SNRs (inf: none), per item."""
-        lengths = torch.tensor([w.numel() for w in waves])
-        x = torch.zeros(len(waves), int(lengths.max()))
-        for i, w in enumerate(waves):
-            x[i, : w.numel()] = w
-        x = x.to(device, non_blocking=True)  # one transfer for the batch
-        lengths = lengths.to(device)
+        x = waves.x.to(device, non_blocking=True)  # one transfer for the batch
+        lengths = waves.lengths.to(device)
         if snr_db is not None:
             rms = (x.pow(2).sum(1) / lengths.clamp(min=1)).sqrt()
             scale = rms * 10 ** (-torch.tensor(snr_db, device=device) / 20)
@@ -148,7 +170,7 @@ class Batcher:
                 windows.append(feats[i, :, a : min(a + self.window, n)].to(dtype))
                 owners.append(i)
         out = self.model.encoder.encode_windows(windows)
-        per_item: list[list[torch.Tensor]] = [[] for _ in waves]
+        per_item: list[list[torch.Tensor]] = [[] for _ in range(len(waves.lengths))]
         for i, h in zip(owners, out, strict=True):
             per_item[i].append(h)
         embeds = [torch.cat(p) for p in per_item]
@@ -172,16 +194,25 @@ class Batcher:
         mask = ids == self.prompt.pad_id
         return x.masked_scatter(mask[..., None], torch.cat(audio).to(x.dtype))
 
-    def losses(
+    def prepare(
         self, waves: list[torch.Tensor], texts: list[str], snr_db: list[float] | None = None
-    ) -> dict[str, torch.Tensor]:
+    ) -> Prepared:
+        """The CPU side of a training batch (padding, tokenizing): a trainer runs it for the
+        next batch while the device works on this one."""
+        return Prepared(
+            pad(waves, pin=torch.cuda.is_available()),
+            [self.answer_ids(t) for t in texts],
+            [self.tokenizer.encode(t) if t else [] for t in texts],
+            snr_db,
+        )
+
+    def losses(self, batch: Prepared) -> dict[str, torch.Tensor]:
         """`ce`: mean cross entropy of the answers (transcript and end token), teacher forced;
         `ctc`: the auxiliary CTC loss of the audio tokens (see `ctc_loss`)."""
-        audio = self.audio(waves, self.model.decoder.lm_head.weight.device, snr_db)
+        audio = self.audio(batch.waves, self.model.decoder.lm_head.weight.device, batch.snr_db)
         rows, labels = [], []
-        for a, text in zip(audio, texts, strict=True):
+        for a, answer in zip(audio, batch.answers, strict=True):
             prompt = self.prompt.ids(self.tokenizer, a.shape[0])
-            answer = self.answer_ids(text)
             rows.append(prompt + answer)
             labels.append([-100] * len(prompt) + answer)
         hidden = self.model.decoder.forward_dense(self.embed(rows, audio))
@@ -192,19 +223,25 @@ class Batcher:
         logits = self.model.decoder.lm_head(hidden[:, :-1][keep])
         return {
             "ce": F.cross_entropy(logits.float(), target[keep]),
-            "ctc": self.ctc_loss(audio, texts),
+            "ctc": self.ctc_loss(audio, batch.ctc_targets),
         }
 
-    def ctc_loss(self, audio: list[torch.Tensor], texts: list[str]) -> torch.Tensor:
+    def ctc_loss(self, audio: list[torch.Tensor], targets: list[list[int]]) -> torch.Tensor:
         """CTC of the transcript tokens over the audio tokens, read through the decoder's own
         final norm and (tied) output embedding, blank = `<|audio_pad|>`. A decoder-only
         recognizer first learns the language and only later to read the audio; this loss
         gives the encoder a direct signal from the first step, and pulls each audio token
         towards the embedding of what is said there. It adds no weights."""
+        # Utterances without words (silence) are left out: CUDA's CTC has given NaN gradients
+        # for empty targets (pytorch/pytorch#18215).
+        spoken = [i for i, t in enumerate(targets) if t]
+        if not spoken:
+            return audio[0].sum() * 0.0
+        audio = [audio[i] for i in spoken]
+        targets = [targets[i] for i in spoken]
         norm = self.model.decoder.model.norm
         x = torch.nn.utils.rnn.pad_sequence(audio)  # (T, B, hidden)
         logits = self.model.decoder.lm_head(rms_norm_ref(x, norm.weight, norm.eps))
-        targets = [self.tokenizer.encode(t) for t in texts]
         device = logits.device
         return F.ctc_loss(
             logits.float().log_softmax(-1),
@@ -219,7 +256,7 @@ class Batcher:
     def transcribe(self, waves: list[torch.Tensor], max_new: int = 96) -> list[str]:
         """Greedy decoding of a batch with the dense path (recomputes the whole prefix each
         token: simple, and cheap at these sizes). Returns the parsed transcripts."""
-        audio = self.audio(waves, self.model.decoder.lm_head.weight.device)
+        audio = self.audio(pad(waves), self.model.decoder.lm_head.weight.device)
         rows = [self.prompt.ids(self.tokenizer, a.shape[0]) for a in audio]
         starts = [len(r) for r in rows]
         done = [False] * len(rows)
@@ -228,6 +265,7 @@ class Batcher:
             hidden = self.model.decoder.forward_dense(self.embed(rows, audio))
             last = torch.tensor([len(r) - 1 for r in rows], device=hidden.device)
             logits = self.model.decoder.lm_head(hidden[torch.arange(len(rows)), last])
+            logits[:, self.prompt.pad_id] = -torch.inf  # the CTC blank: never text
             for i, t in enumerate(logits.argmax(-1).tolist()):
                 if not done[i]:
                     rows[i].append(t)

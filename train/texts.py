@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def spoken_list(text: str) -> list[str]:
@@ -187,13 +188,22 @@ def sentence_case(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
+WORDS_FILE = Path(__file__).with_name("words.txt")
 _WORD = re.compile(r"^[a-z]+(?:'[a-z]+)?$")
 
 
 def frequency_words(n: int = 8000) -> list[str]:
-    """The n most frequent plain English words of the `wordfreq` package (the `train` extra):
-    lowercase letters with at most one apostrophe; single letters other than "a" and "i" dropped
-    (espeak-ng spells them out, and they would read as noise)."""
+    """The n most frequent plain English words, from train/words.txt (most frequent first)."""
+    words = WORDS_FILE.read_text(encoding="utf-8").split()
+    if n > len(words):
+        raise ValueError(f"{WORDS_FILE} holds {len(words)} words, not {n}")
+    return words[:n]
+
+
+def write_frequency_words(n: int = 8000) -> None:
+    """Writes train/words.txt: the n most frequent words of the `wordfreq` package that are
+    lowercase letters with at most one apostrophe; single letters other than "a" and "i" are
+    dropped (espeak-ng spells them out, and they would read as noise)."""
     from wordfreq import top_n_list
 
     out = []
@@ -202,4 +212,8 @@ def frequency_words(n: int = 8000) -> list[str]:
             out.append(w)
         if len(out) == n:
             break
-    return out
+    WORDS_FILE.write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    write_frequency_words()  # needs `pip install wordfreq`; the list is committed

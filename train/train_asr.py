@@ -22,14 +22,17 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from engine.tokenizer import Tokenizer
-from train.data import Utterance, batches, load_manifests
+from train.data import Utterance, batches, load_manifests, prefetch, read_manifest
 from train.export import export
-from train.model import Batcher, build_model, config_json
+from train.make_data import normalize_text
+from train.model import Batcher, Prepared, build_model, config_json
+from train.synth import SynthStream
 from train.tokenizer import write_tokenizer
 from train.wer import wer
 
@@ -67,6 +70,17 @@ def save_checkpoint(run: Path, model, config: dict, optimizer, state: dict) -> N
     tmp.replace(run / CHECKPOINT)  # a run killed while saving keeps the previous checkpoint
 
 
+def clipped_step(model: torch.nn.Module, optimizer, max_norm: float = 1.0) -> bool:
+    """Clips the gradient to max_norm and steps, unless it is not finite: then the step is
+    skipped (False). One bad batch must not end a run, and clipping a NaN gradient would
+    poison every weight."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if not torch.isfinite(norm):
+        return False
+    optimizer.step()
+    return True
+
+
 def held_out_wer(batcher: Batcher, utts: list[Utterance], batch: int = 64) -> tuple[float, list]:
     batcher.model.eval()
     pairs = []
@@ -95,7 +109,14 @@ def noise_levels(n: int, rng: random.Random) -> list[float]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, nargs="+", required=True, help="folders with train.jsonl")
+    ap.add_argument("--data", type=Path, nargs="*", default=[], help="folders with train.jsonl")
+    ap.add_argument(
+        "--synth-workers", type=int, default=0, help="processes making fresh speech (0: none)"
+    )
+    ap.add_argument(
+        "--synth-hours", type=float, default=100.0, help="newest synthesized audio kept"
+    )
+    ap.add_argument("--synth-start", type=float, default=5.0, help="hours made before step 1")
     ap.add_argument("--heldout", type=Path, help="folder with heldout.jsonl")
     ap.add_argument("--run", type=Path, required=True, help="checkpoint and export folder")
     ap.add_argument("--preset", default="default", help="model size (new runs only)")
@@ -122,20 +143,43 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     a.run.mkdir(parents=True, exist_ok=True)
 
-    train = load_manifests([d / "train.jsonl" for d in a.data], a.limit)
-    heldout = load_manifests([a.heldout / "heldout.jsonl"], a.eval_utterances) if a.heldout else []
-    hours = sum(u.audio.size for u in train) / 16000 / 3600
-    print(f"data: {len(train)} utterances, {hours:.2f} h; held-out {len(heldout)}", flush=True)
-
-    if (a.run / CHECKPOINT).exists():
+    resumed = (a.run / CHECKPOINT).exists()
+    state: dict = {}
+    if resumed:
         model, config, state = load_checkpoint(a.run, a.device)
         tokenizer = Tokenizer.from_folder(a.run / "tokenizer")
         print(f"resumed at step {state['step']}", flush=True)
-    else:
+    fixed = load_manifests([d / "train.jsonl" for d in a.data], a.limit) if a.data else []
+    heldout = load_manifests([a.heldout / "heldout.jsonl"], a.eval_utterances) if a.heldout else []
+    synth = None
+    if a.synth_workers:
+        reserved = (
+            frozenset(normalize_text(r["text"]) for r in read_manifest(a.heldout / "heldout.jsonl"))
+            if a.heldout
+            else frozenset()
+        )
+        seed = a.seed * 1000 + state.get("runs", 0)  # each run makes other utterances
+        synth = SynthStream(a.synth_workers, seed, reserved, a.synth_hours)
+        # With every core busy, an OpenMP team as wide as the machine waits on descheduled
+        # threads at each CPU op of the step (measured: 10x slower steps on 16 cores).
+        torch.set_num_threads(2)
+        synth.wait(a.synth_start)
+        print(f"synthesized {synth.hours:.2f} h in {time.time() - t_start:.0f} s", flush=True)
+    elif not fixed:
+        ap.error("give --data, --synth-workers or both")
+
+    def corpus() -> list[Utterance]:
+        return fixed + (list(synth.corpus) if synth else [])
+
+    train = corpus()
+    hours = sum(u.audio.size for u in train) / 16000 / 3600
+    print(f"data: {len(train)} utterances, {hours:.2f} h; held-out {len(heldout)}", flush=True)
+
+    if not resumed:
         tokenizer = write_tokenizer(a.run / "tokenizer", [u.text for u in train])
         config = config_json(a.preset, tokenizer)
         model = build_model(config, a.device)
-        state = {"step": 0, "train_seconds": 0.0, "epoch": 0, "log": []}
+        state = {"step": 0, "train_seconds": 0.0, "epoch": 0, "runs": 0, "log": []}
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.2f} M parameters", flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -164,46 +208,65 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Keep enough time for the final evaluation, the checkpoint and the export.
     reserve = 20.0 + (0.15 * len(heldout) if cuda else 1.0 * len(heldout))
-    losses: list[list[float]] = []
-    stop = False
-    while not stop:
-        for batch in batches(train, a.batch_seconds, rng):
-            if time.time() > deadline - reserve or state["step"] == a.max_steps:
-                stop = True
-                break
-            t0 = time.time()
-            progress = state["train_seconds"] / (a.total_minutes * 60)
-            lr = lr_at(state["step"], progress, a.lr, a.warmup)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            if rng.random() < 0.5:  # about 2% of utterances are silence
-                batch = batch + [silence(rng, rng.uniform(0.5, 4.0))]
-            waves = [torch.from_numpy(u.audio) for u in batch]
-            with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
-                parts = batcher.losses(
-                    waves, [u.text for u in batch], noise_levels(len(batch), rng)
-                )
-                loss = parts["ce"] + a.ctc_weight * parts["ctc"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            losses.append([parts["ce"].item(), parts["ctc"].item()])
-            state["step"] += 1
-            state["train_seconds"] += time.time() - t0
-            if state["step"] % a.log_every == 0:
-                ce, ctc = (sum(x) / len(losses) for x in zip(*losses, strict=True))
-                state["log"].append({"step": state["step"], "loss": ce, "ctc": ctc, "lr": lr})
-                print(
-                    f"step {state['step']} loss {ce:.3f} ctc {ctc:.3f} lr {lr:.2e} "
-                    f"progress {progress:.2f} ({time.time() - t_start:.0f} s)",
-                    flush=True,
-                )
-                losses = []
-            if state["step"] % a.eval_every == 0:
-                evaluate()
-        else:
+
+    def ready_batches() -> Iterator[tuple[list[Utterance], Prepared]]:
+        """Endless epochs of batches, made ready on the CPU (in the prefetch thread, which
+        alone draws from rng and touches the synthesized corpus)."""
+        while True:
+            for batch in batches(corpus(), a.batch_seconds, rng):
+                if synth:
+                    synth.refresh()
+                if rng.random() < 0.5:  # about 2% of utterances are silence
+                    batch = batch + [silence(rng, rng.uniform(0.5, 4.0))]
+                waves = [torch.from_numpy(u.audio) for u in batch]
+                texts = [u.text for u in batch]
+                yield batch, batcher.prepare(waves, texts, noise_levels(len(batch), rng))
             state["epoch"] += 1
+
+    losses: list[list[float]] = []
+    t0 = time.time()  # training time runs from here, waits for data included, evaluations not
+    for batch, ready in prefetch(ready_batches(), depth=3):
+        if time.time() > deadline - reserve or state["step"] == a.max_steps:
+            break
+        progress = state["train_seconds"] / (a.total_minutes * 60)
+        lr = lr_at(state["step"], progress, a.lr, a.warmup)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
+            parts = batcher.losses(ready)
+            loss = parts["ce"] + a.ctc_weight * parts["ctc"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if not clipped_step(model, optimizer):
+            state["skipped"] = state.get("skipped", 0) + 1
+            seconds = [u.audio.size / 16000 for u in batch]
+            print(
+                f"step {state['step']}: skipped, non-finite gradient (ce {parts['ce']:.3f}, "
+                f"ctc {parts['ctc']:.3f}; {len(batch)} utterances of "
+                f"{min(seconds):.2f}-{max(seconds):.2f} s)",
+                flush=True,
+            )
+            continue
+        losses.append([parts["ce"].item(), parts["ctc"].item()])
+        state["step"] += 1
+        state["train_seconds"] += time.time() - t0
+        t0 = time.time()
+        if state["step"] % a.log_every == 0:
+            ce, ctc = (sum(x) / len(losses) for x in zip(*losses, strict=True))
+            state["log"].append({"step": state["step"], "loss": ce, "ctc": ctc, "lr": lr})
+            print(
+                f"step {state['step']} loss {ce:.3f} ctc {ctc:.3f} lr {lr:.2e} "
+                f"progress {progress:.2f} ({time.time() - t_start:.0f} s)",
+                flush=True,
+            )
+            losses = []
+        if state["step"] % a.eval_every == 0:
+            evaluate()
+            t0 = time.time()
+    if synth:
+        state["synth_utterances"] = state.get("synth_utterances", 0) + synth.made
+        synth.close()
+    state["runs"] = state.get("runs", 0) + 1
     evaluate()
     save_checkpoint(a.run, model, config, optimizer, state)
     size = export(model, config, a.run / "tokenizer", a.run / "model")
