@@ -3,8 +3,8 @@
 A fixed corpus of a few thousand sentences is memorized by the decoder within minutes (it then
 writes training sentences instead of reading the audio). So on the training host a pool of
 processes keeps drawing new sentences, voices and augmentations (train/make_data.py's
-`draw_utterance`, the same recipe as the committed corpus) and the trainer adds what has arrived
-before each epoch, keeping the newest `max_hours` of audio. Held-out sentences are reserved and
+`draw_utterance`, the same recipe as the committed corpus); each epoch of the trainer draws on
+what has arrived by its start, the newest `max_hours` of audio. Held-out sentences are reserved and
 held-out voice variants never used. Audio is held as float16 (half the memory; its rounding
 error sits 66 dB under the signal).
 """
@@ -27,10 +27,13 @@ from train.texts import Sentences, frequency_words
 CHUNK = 64  # utterances per task: large enough to amortize the pickling, small for freshness
 
 
-def _make_chunk(args: tuple[int, frozenset[str]]) -> list[tuple[str, np.ndarray]]:
-    seed, reserved = args
+def _start_worker() -> None:
     torch.set_num_threads(1)  # one core per worker
     os.nice(10)  # the trainer's process comes first: a starved one stalls the GPU
+
+
+def _make_chunk(args: tuple[int, frozenset[str]]) -> list[tuple[str, np.ndarray]]:
+    seed, reserved = args
     rng = np.random.default_rng(seed)
     sentences = Sentences(tuple(frequency_words()), seed=seed)
     out = []
@@ -52,7 +55,7 @@ class SynthStream:
         self.corpus: deque[Utterance] = deque()
         self.samples = 0  # audio samples in the corpus
         self.made = 0  # utterances made so far
-        self._pool = multiprocessing.get_context("spawn").Pool(workers)
+        self._pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker)
         self._target = 4 * workers  # chunks in flight
         self._seeds = iter(range(seed * 1_000_003 + 7, 2**62))
         self._lock = threading.Lock()
