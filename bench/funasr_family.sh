@@ -2,13 +2,14 @@
 # The FunASR families' benches, each against funasr 1.4.16 in the same run, on random weights in
 # the released shapes: Paraformer-streaming capacity (and funasr's streaming `generate`),
 # two-pass capacity (Paraformer-streaming partials, SenseVoiceSmall finals), and Fun-ASR-Nano
-# (capacity, offline, and funasr's FunASRNano). One JSON per bench under OUT; a bench that
-# fails is reported and the others still run.
+# (capacity, offline, and funasr's FunASRNano). The benches' JSON and plots go to OUT; a bench
+# that fails is reported and the others still run.
 #
 # Usage (from the project root): bash bench/funasr_family.sh OUT [BASELINE_PYTHON]
 #   BASELINE_PYTHON: an interpreter that imports funasr (default: the reference environment).
-#   Environment: STREAMS (default 64,256), DURATION (seconds, 15), DEVICE (cuda),
-#   BASELINE_TIMEOUT (seconds per baseline, 150), MODELS (folder for the checkpoints, a temp dir).
+#   Environment: STREAMS (default 64,256), DURATION (seconds, 15), CONCURRENCY (offline clips at
+#   once, 128), DEVICE (cuda), BASELINE_TIMEOUT (seconds per baseline, 150), MODELS (folder for
+#   the checkpoints, a temp dir), PYTHON (python3).
 # On a GPU host without funasr, install the wheels of bench/funasr_wheels.sh first:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/fx .whl-funasr/*.whl
 #   PYTHONPATH=/tmp/fx bash bench/funasr_family.sh OUT python3
@@ -38,7 +39,8 @@ run() {  # name, command...: logs to OUT/NAME.log, goes on after a failure
   fi
 }
 
-bench=("$py" -m rtserve bench asr --device "$device" --streams "$streams" --duration "$duration")
+bench=("$py" -m rtserve bench asr --device "$device" --streams "$streams" --duration "$duration"
+  --concurrency "${CONCURRENCY:-128}")
 with_baseline=(--baseline-python "$baseline" --baseline-timeout "$timeout")
 
 run shapes-paraformer-streaming "$py" -m engine.bench.funasr_shapes paraformer-large-streaming \
@@ -47,11 +49,12 @@ run shapes-sensevoice "$py" -m engine.bench.funasr_shapes sensevoice-small "$mod
 run shapes-fun-asr-nano "$py" -m engine.bench.fun_asr_nano "$models/fun-asr-nano-2512"
 
 run paraformer-streaming "${bench[@]}" --model "$models/paraformer-large-streaming" \
-  --workloads capacity,baseline "${with_baseline[@]}" --out "$out/asr-paraformer-streaming.json"
+  --workloads capacity,baseline "${with_baseline[@]}" --out "$out"
 run 2pass "${bench[@]}" --model "$models/paraformer-large-streaming" \
-  --second-pass "$models/sensevoice-small" --workloads capacity --out "$out/asr-2pass.json"
+  --second-pass "$models/sensevoice-small" --segment-seconds-live 5 --workloads capacity \
+  --out "$out"  # a commit every 5 s: the second pass's finals fall inside the run
 run fun-asr-nano "${bench[@]}" --model "$models/fun-asr-nano-2512" --header-tokens 0 \
-  --workloads capacity,offline,baseline "${with_baseline[@]}" --out "$out/asr-fun-asr-nano.json"
+  --workloads capacity,offline,baseline "${with_baseline[@]}" --out "$out"
 
 echo "$failed failed"
 exit $((failed > 0))
