@@ -283,7 +283,9 @@ async def test_api_key_by_header_or_subprotocol_only():
 async def test_a_failed_segment_is_an_error_and_the_utterance_still_ends():
     with running(make_server([ToneAsr(fail_after=3)])) as url:
         c = await FunasrClient.connect(url)
-        results = await c.transcribe(pcm16(tone_audio("abcdef")), mode="offline", **NO_VAD)
+        # the third block fails the stream and ends the audio: exactly one failed segment (with
+        # more audio, what arrives after the failure starts a new segment, on a new stream)
+        results = await c.transcribe(pcm16(tone_audio("abc")), mode="offline", **NO_VAD)
     assert errors(results) == ["transcription_failed"] and not results[0]["is_final"]
     assert results[-1] == {"mode": "offline", "wav_name": "demo", "text": "", "is_final": True}
 

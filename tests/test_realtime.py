@@ -201,7 +201,9 @@ async def test_model_failure_fails_the_item_and_the_session_goes_on():
     server = make_server([ToneAsr(fail_after=3)])
     with running(server) as url:
         c = await manual_session(url, format={"type": "audio/pcm", "rate": 16000})
-        await c.append(pcm16(tone_audio("abcdef")))
+        # the third block fails the stream and is the last one sent, so no audio of this
+        # turn can reach the next (appends after a failure start a new turn)
+        await c.append(pcm16(tone_audio("abc")))
         failed = await c.wait_for("conversation.item.input_audio_transcription.failed")
         assert failed["error"]["code"] == "transcription_failed"
         await c.append(pcm16(tone_audio("ab")))  # a new turn on a fresh model stream
