@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from engine.bench import synthetic
+from engine.bench.funasr_shapes import SENSEVOICE
 from engine.config import EngineConfig
 from engine.engine import Engine
 from engine.fun_asr_nano_asr import FunASRNanoServed, NanoWorker, build_fun_asr_nano
@@ -62,21 +63,7 @@ QWEN3_0_6B = {
 RELEASED_CONFIG: dict[str, Any] = {
     "model": "FunASRNano",
     "audio_encoder": "SenseVoiceEncoderSmall",
-    "audio_encoder_conf": {
-        "output_size": 512,
-        "attention_heads": 4,
-        "linear_units": 2048,
-        "num_blocks": 50,
-        "tp_blocks": 20,
-        "kernel_size": 11,
-        "input_layer": "pe",
-        "pos_enc_class": "SinusoidalPositionEncoder",
-        "normalize_before": True,
-        "sanm_shfit": 0,
-        "selfattention_layer_type": "sanm",
-        "freeze": True,
-        "feat_permute": True,
-    },
+    "audio_encoder_conf": SENSEVOICE["encoder_conf"] | {"freeze": True, "feat_permute": True},
     "llm": "Qwen3-0.6b",
     "llm_conf": {
         "hub": "hf",
@@ -95,17 +82,7 @@ RELEASED_CONFIG: dict[str, Any] = {
         "n_layer": 2,
     },
     "frontend": "WavFrontend",
-    "frontend_conf": {
-        "fs": 16000,
-        "window": "hamming",
-        "n_mels": 80,
-        "frame_length": 25,
-        "frame_shift": 10,
-        "lfr_m": 7,
-        "lfr_n": 6,
-        "cmvn_file": None,
-        "dither": 0.0,
-    },
+    "frontend_conf": SENSEVOICE["frontend_conf"],  # WavFrontend without CMVN
     "tokenizer": "HuggingfaceTokenizer",
     "tokenizer_conf": {"init_param_path": LLM_DIR},
 }
