@@ -71,12 +71,12 @@ def rms_norm_triton(x, weight, eps, residual=None):
     return out if total is None else (out, total.view(x.shape))
 
 
-# ---- per-head RMSNorm + RoPE on q and k ----
+# ---- per-head RMSNorm + RoPE on q and k, k and v to the cache ----
 
 
 @triton.jit
-def _qk_norm_rope_kernel(
-    x_ptr,  # (T, heads, D): q then k, in place
+def _rope_kernel(
+    x_ptr,  # (T, heads, D): q or k
     w_ptr,
     cos_ptr,  # (max_len, D/2) float32
     sin_ptr,
@@ -84,8 +84,17 @@ def _qk_norm_rope_kernel(
     stride_t,
     stride_h,
     eps,
+    v_ptr,  # STORE: (T, heads, D), copied to the v cache
+    stride_vt,
+    stride_vh,
+    kc_ptr,  # STORE: the caches, slot-major: slot s of head h at s * stride_cs + h * stride_ch
+    vc_ptr,
+    slot_ptr,
+    stride_cs,
+    stride_ch,
     D: tl.constexpr,
     HAS_NORM: tl.constexpr,
+    STORE: tl.constexpr,  # write the result and v to the caches instead of back into x
 ):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -105,29 +114,84 @@ def _qk_norm_rope_kernel(
     pos = tl.load(pos_ptr + t)
     c = tl.load(cos_ptr + pos * (D // 2) + half)
     s = tl.load(sin_ptr + pos * (D // 2) + half)
-    tl.store(base + half, (a * c - b * s).to(dtype))
-    tl.store(base + D // 2 + half, (b * c + a * s).to(dtype))
+    y1 = (a * c - b * s).to(dtype)
+    y2 = (b * c + a * s).to(dtype)
+    if STORE:
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        dst = kc_ptr + slot * stride_cs + h * stride_ch
+        tl.store(dst + half, y1.to(kc_ptr.dtype.element_ty))
+        tl.store(dst + D // 2 + half, y2.to(kc_ptr.dtype.element_ty))
+        full = tl.arange(0, D)
+        v = tl.load(v_ptr + t * stride_vt + h * stride_vh + full)
+        tl.store(vc_ptr + slot * stride_cs + h * stride_ch + full, v.to(vc_ptr.dtype.element_ty))
+    else:
+        tl.store(base + half, y1)
+        tl.store(base + D // 2 + half, y2)
 
 
-def qk_norm_rope_triton(q, k, q_weight, k_weight, eps, cos, sin, positions):
-    """The kernel path of `qk_norm_rope`: q and k are normed and rotated in place."""
+def rope_store_triton(
+    q, k, v, q_weight, k_weight, eps, cos, sin, positions, k_cache, v_cache, slot_mapping
+):
+    """The kernel path of `rope_store`: one launch for q (in place), one for k and v."""
     norm = q_weight is not None
     if norm and (q.dtype != q_weight.dtype or k.dtype != k_weight.dtype):
         raise ValueError("q/k and their norm weights must share a dtype")
+    for cache in (k_cache, v_cache):
+        if cache.stride(0) != cache.shape[1] * cache.stride(1) or cache.stride(3) != 1:
+            raise ValueError("the KV cache must be contiguous within and across blocks")
+    if k_cache.stride() != v_cache.stride() or v.stride(-1) != 1:
+        raise ValueError("the K and V caches must share a layout; v's rows must be contiguous")
     d = q.shape[-1]
-    if q.shape[0]:
-        for x, w in ((q, q_weight), (k, k_weight)):
-            _qk_norm_rope_kernel[(x.shape[0], x.shape[1])](
-                x,
-                w if norm else x,
-                cos,
-                sin,
-                positions,
-                x.stride(0),
-                x.stride(1),
-                eps,
-                D=d,
-                HAS_NORM=norm,
-                num_warps=1,
-            )
-    return q, k
+    if not q.shape[0]:
+        return q
+    cache = (k_cache.stride(1), k_cache.stride(2))
+    for x, w, store in ((q, q_weight, False), (k, k_weight, True)):
+        _rope_kernel[(x.shape[0], x.shape[1])](
+            x,
+            w if norm else x,
+            cos,
+            sin,
+            positions,
+            x.stride(0),
+            x.stride(1),
+            eps,
+            v,
+            v.stride(0),
+            v.stride(1),
+            k_cache,
+            v_cache,
+            slot_mapping,
+            *cache,
+            D=d,
+            HAS_NORM=norm,
+            STORE=store,
+            num_warps=1,
+        )
+    return q
+
+
+# ---- SwiGLU's silu(gate) * up ----
+
+
+@triton.jit
+def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0)
+    u = tl.load(u_ptr + offs, mask=mask, other=0.0)
+    gf = g.to(tl.float32)
+    act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)  # silu, rounded as F.silu rounds
+    out = (act.to(tl.float32) * u.to(tl.float32)).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs, out, mask=mask)
+
+
+def silu_mul_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """The kernel path of `silu_mul` (contiguous inputs of one shape)."""
+    if gate.shape != up.shape or not (gate.is_contiguous() and up.is_contiguous()):
+        raise ValueError("gate and up must be contiguous and of one shape")
+    out = torch.empty_like(gate)
+    n = gate.numel()
+    if n:
+        block = 1024
+        _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, num_warps=4)
+    return out

@@ -10,8 +10,12 @@ os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of triton
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels.fused import qk_norm_rope_ref, rms_norm_ref  # noqa: E402
-from kernels.fused_triton import qk_norm_rope_triton, rms_norm_triton  # noqa: E402
+from kernels.fused import rms_norm_ref, rope_store_ref, silu_mul_ref  # noqa: E402
+from kernels.fused_triton import (  # noqa: E402
+    rms_norm_triton,
+    rope_store_triton,
+    silu_mul_triton,
+)
 from kernels.triton_paged import INTERPRETED  # noqa: E402
 
 if not INTERPRETED:
@@ -64,19 +68,36 @@ def rope_tables(d: int, max_len: int = 64):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("d", [16, 128])
 @pytest.mark.parametrize("norm", [True, False])
-def test_qk_norm_rope(dtype, d, norm):
-    T, h, h_kv = 6, 4, 2
-    # q and k as views into one projection output, as the model makes them
-    qk = randn(T, (h + h_kv) * d, dtype=dtype, seed=7, scale=2.0)
-    q, k = qk[:, : h * d].view(T, h, d), qk[:, h * d :].view(T, h_kv, d)
+def test_rope_store(dtype, d, norm):
+    T, h, h_kv, blocks, block = 6, 4, 2, 5, 4
+    # q, k and v as views into one projection output, as the model makes them
+    qkv = randn(T, (h + 2 * h_kv) * d, dtype=dtype, seed=7, scale=2.0)
+    q = qkv[:, : h * d].view(T, h, d)
+    k = qkv[:, h * d : (h + h_kv) * d].view(T, h_kv, d)
+    v = qkv[:, (h + h_kv) * d :].view(T, h_kv, d)
     wq = randn(d, dtype=dtype, seed=8) + 1 if norm else None
     wk = randn(d, dtype=dtype, seed=9) + 1 if norm else None
     cos, sin = rope_tables(d)
     positions = torch.tensor([0, 1, 5, 17, 40, 63])
-    want_q, want_k = qk_norm_rope_ref(q.clone(), k.clone(), wq, wk, 1e-6, cos, sin, positions)
-    got_q, got_k = qk_norm_rope_triton(q, k, wq, wk, 1e-6, cos, sin, positions)
+    slots = torch.tensor([3, 9, 0, 17, 12, 6])  # scattered over the blocks
+    caches = [randn(blocks, block, h_kv, d, dtype=dtype, seed=s) for s in (10, 11, 10, 11)]
+    want_kc, want_vc, kc, vc = caches
+    want_q = rope_store_ref(
+        q.clone(), k.clone(), v, wq, wk, 1e-6, cos, sin, positions, want_kc, want_vc, slots
+    )
+    got_q = rope_store_triton(q, k, v, wq, wk, 1e-6, cos, sin, positions, kc, vc, slots)
     assert got_q.data_ptr() == q.data_ptr()  # in place
     # the rotation adds two products of rounded values: absolute error up to a few units
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=2**-6)
     torch.testing.assert_close(got_q.float(), want_q.float(), **tol)
-    torch.testing.assert_close(got_k.float(), want_k.float(), **tol)
+    # whole caches: the six slots written, every other one left as it was
+    torch.testing.assert_close(kc.float(), want_kc.float(), **tol)
+    torch.testing.assert_close(vc, want_vc, atol=0, rtol=0)  # a copy
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul(dtype):
+    g, u = randn(7, 300, dtype=dtype, seed=12, scale=3.0), randn(7, 300, dtype=dtype, seed=13)
+    torch.testing.assert_close(
+        silu_mul_triton(g, u).float(), silu_mul_ref(g, u).float(), **TOL[dtype]
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels.fused import rms_norm
+from kernels.fused import rms_norm, silu_mul
 
 
 class RMSNorm(nn.Module):
@@ -27,7 +27,7 @@ class RMSNorm(nn.Module):
 
 class Rotary(nn.Module):
     """The cos/sin tables of rotary position embedding up to max_len (applied by
-    kernels/fused.py's `qk_norm_rope`).
+    kernels/fused.py's `rope_store`).
 
     The tables stay float32 whatever the model's dtype (plain attributes, not buffers, so
     `module.to(dtype)` leaves them alone); build the module on its device.
@@ -50,4 +50,4 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.models.layers import GatedMLP, RMSNorm, Rotary
-from kernels.attention import AttentionBackend, AttentionMetadata, store_kv
-from kernels.fused import qk_norm_rope, qk_norm_rope_ref, rms_norm_ref
+from kernels.attention import AttentionBackend, AttentionMetadata
+from kernels.fused import qk_norm_rope_ref, rms_norm_ref, rope_store, silu_mul_ref
 
 
 @dataclass(frozen=True)
@@ -82,19 +82,21 @@ class Attention(nn.Module):
 
     def forward(self, x, positions, kv, meta: AttentionMetadata) -> torch.Tensor:
         T = x.shape[0]
-        q, k = qk_norm_rope(
+        k_cache, v_cache = kv
+        q = rope_store(
             self.q_proj(x).view(T, self.h, self.d),
             self.k_proj(x).view(T, self.h_kv, self.d),
+            self.v_proj(x).view(T, self.h_kv, self.d),
             self.q_norm.weight if self.q_norm is not None else None,  # None: rotary alone
             self.k_norm.weight if self.k_norm is not None else None,
             self.eps,
             self.rotary.cos,
             self.rotary.sin,
             positions,
+            k_cache,
+            v_cache,
+            meta.slot_mapping,
         )
-        v = self.v_proj(x).view(T, self.h_kv, self.d)
-        k_cache, v_cache = kv
-        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         o = self.attn(q, k_cache, v_cache, meta, self.scale)  # (T, H, D)
         return self.o_proj(o.reshape(T, self.h * self.d))
 
@@ -141,7 +143,8 @@ class DecoderLayer(nn.Module):
         """The layer on (B, L, hidden) without a cache; returns the new residual stream."""
         norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
         x = x + self.self_attn.dense(rms_norm_ref(x, norm1.weight, norm1.eps), positions)
-        return x + self.mlp(rms_norm_ref(x, norm2.weight, norm2.eps))
+        h, m = rms_norm_ref(x, norm2.weight, norm2.eps), self.mlp
+        return x + m.down_proj(silu_mul_ref(m.gate_proj(h), m.up_proj(h)))  # autograd-safe
 
 
 class Qwen3Model(nn.Module):
