@@ -179,15 +179,21 @@ def test_dense_forward_and_batched_encoder_match_the_engine(tmp_path):
     model, tok = build_qwen3_asr(build_checkpoint(tmp_path / "tiny"), CPU)
     batcher = Batcher(model, tok)
     audio = torch.from_numpy(qwen3_asr_audio("synthetic_12s"))  # two 8 s attention windows
+    # with shorter batch mates: one and a part chunk, and less than a chunk
+    waves = [audio, audio[: 16000 * 33 // 10 + 77], audio[16000:27000]]
     with torch.no_grad():
-        (embeds,) = batcher.audio(pad([audio]), torch.device("cpu"))
-        feats, _ = whisper_features(audio)
-        torch.testing.assert_close(embeds, model.encoder(feats[0]), atol=1e-5, rtol=1e-5)
+        flat, counts = batcher.audio(pad(waves), torch.device("cpu"))
+        items = flat.split(counts.tolist())
+        for x, got in zip(waves, items, strict=True):
+            want = model.encoder(whisper_features(x)[0][0])  # the server's window by window
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        embeds = items[0]
         prompt = build_prompt(tok)
         ids = prompt.ids(tok, embeds.shape[0], prefix="language English<asr_text>Hi")
         engine = Engine(model.decoder, tok, CPU)
         want = prompt_logits(engine, ids, [InjectedEmbeds(prompt.audio_start(), embeds)])
-        hidden = model.decoder.forward_dense(batcher.embed([ids, ids[:40]], [embeds, embeds]))
+        both = torch.cat([embeds, embeds])
+        hidden = model.decoder.forward_dense(batcher.embed([ids, ids[:40]], both))
         got = model.decoder.logits(hidden[0])
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
         # a shorter row in the same batch: its logits do not see the padding after it
@@ -308,11 +314,11 @@ def test_ctc_loss_leaves_out_utterances_without_words(overfit):
     waves = [torch.randn(16000) * 0.1 for _ in range(2)]
     ready = batcher.prepare(waves, ["", "hello there"])
     assert ready.ctc_targets[0] == [] and ready.ctc_targets[1]
-    audio = batcher.audio(ready.waves, torch.device("cpu"))
-    both = batcher.ctc_loss(audio, ready.ctc_targets)
-    alone = batcher.ctc_loss(audio[1:], ready.ctc_targets[1:])
+    audio, counts = batcher.audio(ready.waves, torch.device("cpu"))
+    both = batcher.ctc_loss(audio, counts, ready.ctc_targets)
+    alone = batcher.ctc_loss(audio[int(counts[0]) :], counts[1:], ready.ctc_targets[1:])
     assert both.item() == pytest.approx(alone.item()) and alone.item() > 0
-    assert batcher.ctc_loss(audio, [[], []]).item() == 0.0
+    assert batcher.ctc_loss(audio, counts, [[], []]).item() == 0.0
 
 
 def test_a_non_finite_gradient_skips_the_step():

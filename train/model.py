@@ -2,7 +2,7 @@
 
 The model is the production one (engine/models/qwen3_asr.py: AuT encoder + Qwen3 decoder), built
 from a released-layout config.json dict, so what trains is exactly what the server loads. The
-encoder runs its batched window path (`encode_windows`, plain torch); the decoder its dense
+encoder runs its padded batch path (`encode_padded`, plain torch); the decoder its dense
 path (`forward_dense`); an auxiliary CTC loss on the audio tokens speeds up learning to read the
 audio. The prompt comes from the production prompt builder (engine/asr_prompt.py):
 the system turn is empty, the answer is `language English<asr_text>TEXT<|im_end|>`, and audio
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from audio.features import whisper_features
 from engine.asr_prompt import Prompt, build_prompt, parse_output
-from engine.models.qwen3_asr import Qwen3ASR, Qwen3ASRConfig, audio_tokens
+from engine.models.qwen3_asr import CHUNK_FRAMES, Qwen3ASR, Qwen3ASRConfig, audio_tokens
 from engine.tokenizer import Tokenizer
 from kernels.attention import backend
 from kernels.fused import rms_norm_ref
@@ -128,6 +129,14 @@ def pad(waves: list[torch.Tensor], pin: bool = False) -> Padded:
     return Padded(x, lengths)
 
 
+def right_padded(rows: list[list[int]], fill: int) -> np.ndarray:
+    """Token rows -> one (B, longest) int64 array, `fill` after each row's end."""
+    out = np.full((len(rows), max(len(r) for r in rows)), fill, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A training batch as far as the CPU takes it."""
@@ -151,9 +160,11 @@ class Batcher:
 
     def audio(
         self, waves: Padded, device: torch.device, snr_db: list[float] | None = None
-    ) -> list[torch.Tensor]:
-        """16 kHz waveforms -> their audio-token embeddings (one (n_i, hidden) each).
-        snr_db: white noise added on the device at these SNRs (inf: none), per item."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """16 kHz waveforms -> the audio-token embeddings of all items end to end (N, hidden)
+        and each item's token count (B,). snr_db: white noise added on the device at these
+        SNRs (inf: none), per item. Every item is cut into the encoder's 8 s windows as the
+        server cuts it, and all windows run as one padded batch (`encode_padded`)."""
         x = waves.x.to(device, non_blocking=True)  # one transfer for the batch
         lengths = waves.lengths.to(device)
         if snr_db is not None:
@@ -162,37 +173,32 @@ class Batcher:
             x = x + torch.randn_like(x) * scale[:, None]
         # Features in float32 as the server computes them, outside any autocast.
         with torch.autocast(device.type, enabled=False):
-            feats, frames = whisper_features(x, lengths)
-        windows, owners = [], []
+            feats, frames = whisper_features(x, lengths)  # (B, n_mels, T), (B,)
+        B, n_mels, T = feats.shape
+        # Windows as wide as the longest item needs, in whole chunks, at most the model's 8 s.
+        width = min(self.window, -(-max(T, 1) // CHUNK_FRAMES) * CHUNK_FRAMES)
+        n = -(-max(T, 1) // width)  # windows per item
+        at = torch.arange(n * width, device=device)
+        # zero past each item's end, as the server pads a window's last chunk
+        feats = F.pad(feats, (0, n * width - T)) * (at < frames[:, None])[:, None]
+        windows = feats.view(B, n_mels, n, width).transpose(1, 2).reshape(B * n, n_mels, width)
+        per_window = (frames[:, None] - at[None, ::width]).clamp(0, width).reshape(-1)
+        used = per_window > 0
         dtype = self.model.encoder.conv_out.weight.dtype
-        for i, n in enumerate(frames.tolist()):
-            for a in range(0, n, self.window):
-                windows.append(feats[i, :, a : min(a + self.window, n)].to(dtype))
-                owners.append(i)
-        out = self.model.encoder.encode_windows(windows)
-        per_item: list[list[torch.Tensor]] = [[] for _ in range(len(waves.lengths))]
-        for i, h in zip(owners, out, strict=True):
-            per_item[i].append(h)
-        embeds = [torch.cat(p) for p in per_item]
-        for e, n in zip(embeds, frames.tolist(), strict=True):
-            assert e.shape[0] == audio_tokens(n)
-        return embeds
+        h, valid = self.model.encoder.encode_padded(windows[used].to(dtype), per_window[used])
+        return h[valid], audio_tokens(frames)
 
     def answer_ids(self, text: str) -> list[int]:
         answer = ANSWER_PREFIX + text if text else SILENCE_ANSWER
         return self.tokenizer.encode(answer) + [self.end_id]
 
-    def embed(self, rows: list[list[int]], audio: list[torch.Tensor]) -> torch.Tensor:
-        """(B, L) right-padded token rows -> input embeddings with the audio pads replaced."""
-        device = audio[0].device
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.fill_id, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-        ids = ids.to(device)
+    def embed(self, rows: list[list[int]], audio: torch.Tensor) -> torch.Tensor:
+        """(B, L) right-padded token rows -> input embeddings with the audio pads replaced by
+        `audio`, the items' audio tokens end to end (N, hidden)."""
+        ids = torch.from_numpy(right_padded(rows, self.fill_id)).to(audio.device)
         x = self.model.decoder.model.embed_tokens(ids)
         mask = ids == self.prompt.pad_id
-        return x.masked_scatter(mask[..., None], torch.cat(audio).to(x.dtype))
+        return x.masked_scatter(mask[..., None], audio.to(x.dtype))
 
     def prepare(
         self, waves: list[torch.Tensor], texts: list[str], snr_db: list[float] | None = None
@@ -209,45 +215,49 @@ class Batcher:
     def losses(self, batch: Prepared) -> dict[str, torch.Tensor]:
         """`ce`: mean cross entropy of the answers (transcript and end token), teacher forced;
         `ctc`: the auxiliary CTC loss of the audio tokens (see `ctc_loss`)."""
-        audio = self.audio(batch.waves, self.model.decoder.lm_head.weight.device, batch.snr_db)
+        device = self.model.decoder.lm_head.weight.device
+        audio, counts = self.audio(batch.waves, device, batch.snr_db)
         rows, labels = [], []
-        for a, answer in zip(audio, batch.answers, strict=True):
-            prompt = self.prompt.ids(self.tokenizer, a.shape[0])
+        for n, answer in zip(counts.tolist(), batch.answers, strict=True):
+            prompt = self.prompt.ids(self.tokenizer, n)
             rows.append(prompt + answer)
             labels.append([-100] * len(prompt) + answer)
         hidden = self.model.decoder.forward_dense(self.embed(rows, audio))
-        width = hidden.shape[1]
-        target = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
-        target = target.to(hidden.device)[:, 1:]  # position t predicts token t + 1
-        keep = target != -100
+        target = torch.from_numpy(right_padded(labels, -100)).to(device)[:, 1:]
+        keep = target != -100  # position t predicts token t + 1
         logits = self.model.decoder.lm_head(hidden[:, :-1][keep])
         return {
             "ce": F.cross_entropy(logits.float(), target[keep]),
-            "ctc": self.ctc_loss(audio, batch.ctc_targets),
+            "ctc": self.ctc_loss(audio, counts, batch.ctc_targets),
         }
 
-    def ctc_loss(self, audio: list[torch.Tensor], targets: list[list[int]]) -> torch.Tensor:
-        """CTC of the transcript tokens over the audio tokens, read through the decoder's own
-        final norm and (tied) output embedding, blank = `<|audio_pad|>`. A decoder-only
-        recognizer first learns the language and only later to read the audio; this loss
-        gives the encoder a direct signal from the first step, and pulls each audio token
-        towards the embedding of what is said there. It adds no weights."""
+    def ctc_loss(
+        self, audio: torch.Tensor, counts: torch.Tensor, targets: list[list[int]]
+    ) -> torch.Tensor:
+        """CTC of the transcript tokens over the audio tokens (all items' end to end, `counts`
+        per item), read through the decoder's own final norm and (tied) output embedding,
+        blank = `<|audio_pad|>`. A decoder-only recognizer first learns the language and only
+        later to read the audio; this loss gives the encoder a direct signal from the first
+        step, and pulls each audio token towards the embedding of what is said there. It adds
+        no weights."""
         # Utterances without words (silence) are left out: CUDA's CTC has given NaN gradients
         # for empty targets (pytorch/pytorch#18215).
         spoken = [i for i, t in enumerate(targets) if t]
         if not spoken:
-            return audio[0].sum() * 0.0
-        audio = [audio[i] for i in spoken]
-        targets = [targets[i] for i in spoken]
+            return audio.sum() * 0.0
         norm = self.model.decoder.model.norm
-        x = torch.nn.utils.rnn.pad_sequence(audio)  # (T, B, hidden)
-        logits = self.model.decoder.lm_head(rms_norm_ref(x, norm.weight, norm.eps))
-        device = logits.device
+        logp = self.model.decoder.lm_head(rms_norm_ref(audio, norm.weight, norm.eps))
+        logp = logp.float().log_softmax(-1)  # (N, V)
+        longest = int(counts.max())
+        valid = torch.arange(longest, device=audio.device) < counts[:, None]  # (B, T)
+        padded = logp.new_zeros(len(targets), longest, logp.shape[1])
+        padded = padded.masked_scatter(valid[..., None], logp)  # (B, T, V)
+        rows = torch.tensor(spoken, device=audio.device)
         return F.ctc_loss(
-            logits.float().log_softmax(-1),
-            torch.tensor([i for t in targets for i in t], dtype=torch.long, device=device),
-            torch.tensor([a.shape[0] for a in audio], device=device),
-            torch.tensor([len(t) for t in targets], device=device),
+            padded[rows].transpose(0, 1),  # (T, S, V)
+            torch.tensor([i for t in targets for i in t], dtype=torch.long, device=audio.device),
+            counts[rows],
+            torch.tensor([len(targets[i]) for i in spoken], device=audio.device),
             blank=self.prompt.pad_id,
             zero_infinity=True,
         )
@@ -256,8 +266,8 @@ class Batcher:
     def transcribe(self, waves: list[torch.Tensor], max_new: int = 96) -> list[str]:
         """Greedy decoding of a batch with the dense path (recomputes the whole prefix each
         token: simple, and cheap at these sizes). Returns the parsed transcripts."""
-        audio = self.audio(pad(waves), self.model.decoder.lm_head.weight.device)
-        rows = [self.prompt.ids(self.tokenizer, a.shape[0]) for a in audio]
+        audio, counts = self.audio(pad(waves), self.model.decoder.lm_head.weight.device)
+        rows = [self.prompt.ids(self.tokenizer, n) for n in counts.tolist()]
         starts = [len(r) for r in rows]
         done = [False] * len(rows)
         stops = set(self.tokenizer.eos_token_ids) | {self.end_id, self.fill_id}

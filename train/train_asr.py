@@ -224,8 +224,10 @@ def main(argv: list[str] | None = None) -> dict:
             state["epoch"] += 1
 
     losses: list[list[float]] = []
-    t0 = time.time()  # training time runs from here, waits for data included, evaluations not
+    waited = 0.0  # seconds the trainer waited for a batch since the last log line
+    t0 = logged = time.time()  # training time runs from t0, data waits in, evaluations out
     for batch, ready in prefetch(ready_batches(), depth=3):
+        waited += time.time() - t0
         if time.time() > deadline - reserve or state["step"] == a.max_steps:
             break
         progress = state["train_seconds"] / (a.total_minutes * 60)
@@ -254,15 +256,17 @@ def main(argv: list[str] | None = None) -> dict:
         if state["step"] % a.log_every == 0:
             ce, ctc = (sum(x) / len(losses) for x in zip(*losses, strict=True))
             state["log"].append({"step": state["step"], "loss": ce, "ctc": ctc, "lr": lr})
+            span = time.time() - logged
             print(
                 f"step {state['step']} loss {ce:.3f} ctc {ctc:.3f} lr {lr:.2e} "
-                f"progress {progress:.2f} ({time.time() - t_start:.0f} s)",
+                f"progress {progress:.2f}; {1000 * span / len(losses):.0f} ms/step, "
+                f"{100 * waited / span:.0f}% waiting for data ({time.time() - t_start:.0f} s)",
                 flush=True,
             )
-            losses = []
+            losses, waited, logged = [], 0.0, time.time()
         if state["step"] % a.eval_every == 0:
             evaluate()
-            t0 = time.time()
+            t0 = logged = time.time()
     if synth:
         state["synth_utterances"] = state.get("synth_utterances", 0) + synth.made
         synth.close()

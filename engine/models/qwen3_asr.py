@@ -30,17 +30,18 @@ CHUNK_FRAMES = 100  # frames per conv chunk (n_window * 2)
 
 
 def chunk_tokens(frames: int) -> int:
-    """Tokens out of the three stride-2 convs for a chunk of `frames` frames."""
+    """Tokens out of the three stride-2 convs for a chunk of `frames` frames (0 for 0)."""
     n = frames
     for _ in range(3):
         n = (n - 1) // 2 + 1
     return n
 
 
-def audio_tokens(frames: int) -> int:
-    """Tokens the encoder makes from `frames` frames (13 per full 100-frame chunk)."""
-    full, rest = divmod(frames, CHUNK_FRAMES)
-    return full * chunk_tokens(CHUNK_FRAMES) + (chunk_tokens(rest) if rest else 0)
+def audio_tokens(frames: int | torch.Tensor) -> int | torch.Tensor:
+    """Tokens the encoder makes from `frames` frames (13 per full 100-frame chunk); an int or
+    an integer tensor of frame counts."""
+    full, rest = frames // CHUNK_FRAMES, frames % CHUNK_FRAMES
+    return full * chunk_tokens(CHUNK_FRAMES) + chunk_tokens(rest)
 
 
 @dataclass(frozen=True)
@@ -146,11 +147,8 @@ class AuTEncoder(nn.Module):
             pad = -feats.shape[1] % CHUNK_FRAMES
             n_mels = feats.shape[0]
             chunks.append(F.pad(feats, (0, pad)).view(n_mels, -1, CHUNK_FRAMES).transpose(0, 1))
-        x = torch.cat(chunks)[:, None]  # (C, 1, n_mels, 100)
-        x = F.gelu(self.conv2d3(F.gelu(self.conv2d2(F.gelu(self.conv2d1(x))))))  # (C, c, f, 13)
-        C, c, f, t = x.shape
-        x = self.conv_out(x.permute(0, 3, 1, 2).reshape(C, t, c * f))  # (C, 13, d)
-        x = x + self.positions.to(x)
+        x = self._conv(torch.cat(chunks))  # (C, 13, d)
+        t = x.shape[1]
         # a window's tokens: its chunks' rows end to end, cut where its last chunk's audio ends
         tokens, at = [], 0
         for feats, chunk in zip(windows, chunks, strict=True):
@@ -163,10 +161,36 @@ class AuTEncoder(nn.Module):
             torch.arange(longest, device=h.device)[None, :]
             < torch.tensor([t.shape[0] for t in tokens], device=h.device)[:, None]
         )
+        h = self._attend(h, mask)
+        return [h[i, : t.shape[0]] for i, t in enumerate(tokens)]
+
+    def encode_padded(
+        self, feats: torch.Tensor, frames: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows as one padded batch: feats (W, n_mels, F), F a multiple of 100 and zero past
+        each window's `frames` (W,) -> outputs (W, L, output_dim), L = 13 F / 100, and the mask
+        of valid tokens (W, L). The same numbers as `encode_windows`, with no host work per
+        window: the training path, where a batch holds hundreds of windows."""
+        W, n_mels, n = feats.shape
+        x = feats.view(W, n_mels, n // CHUNK_FRAMES, CHUNK_FRAMES).transpose(1, 2)
+        h = self._conv(x.reshape(-1, n_mels, CHUNK_FRAMES))  # (W * chunks, 13, d)
+        h = h.reshape(W, -1, h.shape[-1])  # a window's chunks end to end
+        mask = torch.arange(h.shape[1], device=h.device) < audio_tokens(frames)[:, None]
+        return self._attend(h, mask), mask
+
+    def _conv(self, chunks: torch.Tensor) -> torch.Tensor:
+        """(C, n_mels, 100) chunks -> (C, 13, d_model) tokens with their in-chunk positions."""
+        x = chunks[:, None]  # (C, 1, n_mels, 100)
+        x = F.gelu(self.conv2d3(F.gelu(self.conv2d2(F.gelu(self.conv2d1(x))))))  # (C, c, f, 13)
+        C, c, f, t = x.shape
+        x = self.conv_out(x.permute(0, 3, 1, 2).reshape(C, t, c * f))  # (C, 13, d)
+        return x + self.positions.to(x)
+
+    def _attend(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(W, L, d_model) windows, (W, L) valid tokens -> (W, L, output_dim)."""
         for layer in self.layers:
             h = layer(h, mask)
-        h = self.proj2(F.gelu(self.proj1(self.ln_post(h))))
-        return [h[i, : t.shape[0]] for i, t in enumerate(tokens)]
+        return self.proj2(F.gelu(self.proj1(self.ln_post(h))))
 
 
 @dataclass(frozen=True)
