@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from audio.features import whisper_features
 from engine.asr import build_qwen3_asr
@@ -265,6 +266,22 @@ def test_training_runs_resume_from_their_checkpoint(clips, tmp_path):
     assert second["step"] == 5
     assert second["train_seconds"] > first["train_seconds"]
     assert [e["step"] for e in second["log"] if "heldout_wer" in e] == [3, 5]
+
+
+def test_a_new_run_starts_from_an_exported_model(clips, tmp_path):
+    args = ["--data", str(clips), "--heldout", str(clips), "--preset", "tiny"]
+    args += ["--batch-seconds", "30", "--device", "cpu"]
+    train_main([*args, "--run", str(tmp_path / "a"), "--max-steps", "3"])
+    exported = tmp_path / "a" / "model"
+    state = train_main(
+        [*args, "--run", str(tmp_path / "b"), "--init", str(exported)] + ["--max-steps", "0"]
+    )
+    assert state["init"] == str(exported) and state["step"] == 0
+    again = tmp_path / "b" / "model"
+    assert (again / "vocab.json").read_bytes() == (exported / "vocab.json").read_bytes()
+    want, got = load_file(exported / "model.safetensors"), load_file(again / "model.safetensors")
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)  # bf16 -> float32 -> bf16 is exact
 
 
 def test_training_on_synthesized_speech(clips, tmp_path):

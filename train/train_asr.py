@@ -5,12 +5,13 @@
 
 The first run trains the tokenizer on the train transcripts and starts the model from scratch;
 later runs with the same RUN_DIR resume from `RUN_DIR/checkpoint.pt` (weights, AdamW state,
-step, training seconds so far). The learning rate warms up over the first steps, then follows a
-cosine over *training time* (--total-minutes across all runs), so runs of any length add up to
-one schedule. The loss is the answer's cross entropy plus --ctc-weight times an auxiliary CTC
-loss on the audio tokens (train/model.py). Each run logs the train losses, measures greedy WER
-on held-out utterances every --eval-every steps and at its end, saves the checkpoint, and
-exports the model to RUN_DIR/model (the released layout, bf16).
+step, training seconds so far). `--init MODEL_DIR` starts a new run from an exported model
+instead (training that spans machines, where only the export came back). The learning rate warms
+up over the first steps, then follows a cosine over *training time* (--total-minutes across all
+runs), so runs of any length add up to one schedule. The loss is the answer's cross entropy plus
+--ctc-weight times an auxiliary CTC loss on the audio tokens (train/model.py). Each run logs the
+train losses, measures greedy WER on held-out utterances every --eval-every steps and at its
+end, saves the checkpoint, and exports the model to RUN_DIR/model (the released layout, bf16).
 
 On CUDA it trains under bf16 autocast with TF32 matmuls; on a CPU in float32 (the smoke run).
 """
@@ -21,19 +22,22 @@ import argparse
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from engine.models.qwen3_asr import Qwen3ASR
 from engine.tokenizer import Tokenizer
+from engine.weights import load_safetensors
 from train.data import Utterance, batches, load_manifests, prefetch, read_manifest
 from train.export import export
 from train.make_data import normalize_text
 from train.model import Batcher, Prepared, build_model, config_json
 from train.synth import SynthStream
-from train.tokenizer import write_tokenizer
+from train.tokenizer import TOKENIZER_FILES, write_tokenizer
 from train.wer import wer
 
 CHECKPOINT = "checkpoint.pt"
@@ -68,6 +72,19 @@ def save_checkpoint(run: Path, model, config: dict, optimizer, state: dict) -> N
         tmp,
     )
     tmp.replace(run / CHECKPOINT)  # a run killed while saving keeps the previous checkpoint
+
+
+def start_from(folder: Path, tokenizer_dir: Path, device: str) -> tuple[Qwen3ASR, dict, Tokenizer]:
+    """A new run's model, config.json dict and tokenizer from an exported model folder: training
+    goes on where an earlier run (on another machine, its checkpoint gone) left off."""
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("dtype", None)  # the export's; training keeps float32 weights
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(folder / name, tokenizer_dir / name)
+    model = build_model(config, device)
+    model.load_weights({k: v.float() for k, v in load_safetensors(folder, device).items()})
+    return model, config, Tokenizer.from_folder(tokenizer_dir)
 
 
 def clipped_step(model: torch.nn.Module, optimizer, max_norm: float = 1.0) -> bool:
@@ -120,6 +137,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--heldout", type=Path, help="folder with heldout.jsonl")
     ap.add_argument("--run", type=Path, required=True, help="checkpoint and export folder")
     ap.add_argument("--preset", default="default", help="model size (new runs only)")
+    ap.add_argument(
+        "--init",
+        type=Path,
+        help="an exported model folder a new run starts from (its weights, "
+        "config and tokenizer; the optimizer starts afresh)",
+    )
     ap.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of this run")
     ap.add_argument("--total-minutes", type=float, default=25.0, help="training time, all runs")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -176,10 +199,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"data: {len(train)} utterances, {hours:.2f} h; held-out {len(heldout)}", flush=True)
 
     if not resumed:
-        tokenizer = write_tokenizer(a.run / "tokenizer", [u.text for u in train])
-        config = config_json(a.preset, tokenizer)
-        model = build_model(config, a.device)
+        if a.init:
+            model, config, tokenizer = start_from(a.init, a.run / "tokenizer", a.device)
+        else:
+            tokenizer = write_tokenizer(a.run / "tokenizer", [u.text for u in train])
+            config = config_json(a.preset, tokenizer)
+            model = build_model(config, a.device)
         state = {"step": 0, "train_seconds": 0.0, "epoch": 0, "runs": 0, "log": []}
+        if a.init:
+            state["init"] = str(a.init)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.2f} M parameters", flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
