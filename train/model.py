@@ -124,13 +124,15 @@ def build_model(config: dict, device: torch.device | str = "cpu") -> Qwen3ASR:
 
 @dataclass(frozen=True)
 class Padded:
-    x: torch.Tensor  # (B, samples) float32 waveforms, zero-padded on the right
+    x: torch.Tensor  # (B, samples) waveforms, zero-padded on the right, in their own dtype
     lengths: torch.Tensor  # (B,) samples
 
 
 def pad(waves: list[torch.Tensor], pin: bool = False) -> Padded:
+    """Right-padded rows in the waves' dtype (the synthesized speech is float16: half the bytes
+    to copy here and to the device; the features are computed in float32 there)."""
     lengths = torch.tensor([w.numel() for w in waves])
-    x = torch.zeros(len(waves), int(lengths.max()), pin_memory=pin)
+    x = torch.zeros(len(waves), int(lengths.max()), dtype=waves[0].dtype, pin_memory=pin)
     for i, w in enumerate(waves):
         x[i, : w.numel()] = w
     return Padded(x, lengths)
@@ -172,7 +174,7 @@ class Batcher:
         and each item's token count (B,). snr_db: white noise added on the device at these
         SNRs (inf: none), per item. Every item is cut into the encoder's 8 s windows as the
         server cuts it, and all windows run as one padded batch (`encode_padded`)."""
-        x = waves.x.to(device, non_blocking=True)  # one transfer for the batch
+        x = waves.x.to(device, non_blocking=True).float()  # one transfer for the batch
         lengths = waves.lengths.to(device)
         if snr_db is not None:
             rms = (x.pow(2).sum(1) / lengths.clamp(min=1)).sqrt()
