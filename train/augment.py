@@ -61,12 +61,15 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[s
     done: dict[str, float] = {}
     if rng.random() < 0.3:
         done["speed"] = float(rng.uniform(0.88, 1.12))
+        n = x.size
         x = speed(x, done["speed"])
+        done["stretch"] = x.size / max(n, 1)  # sample t of the input is now near t * stretch
     if rng.random() < 0.3:
         x = reverb(x, rng)
         done["reverb"] = 1.0
     lead, trail = (int(rng.uniform(0.05, 0.6) * RATE) for _ in range(2))
     x = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(trail, np.float32)])
+    done["lead"] = lead
     level = np.sqrt(np.mean(x**2)) + 1e-9
     if rng.random() < 0.6:
         done["snr_db"] = float(rng.uniform(5.0, 40.0))

@@ -32,7 +32,7 @@ def write_split(out: Path, name: str, n: int, variants: list[str], seed: int) ->
         text = " ".join(DIGITS[d] for d in rng.integers(0, 10, 3))
         voice = f"{rng.choice(ACCENTS)}+{rng.choice(variants)}"
         rate, pitch = int(rng.integers(140, 200)), int(rng.integers(30, 70))
-        x = speak(text, voice, rate, pitch)
+        x, _ = speak(text, voice, rate, pitch)
         if x.size == 0:
             continue
         audio = f"shards/{name}.ogg"

@@ -27,6 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -82,17 +83,38 @@ def normalize_text(text: str) -> str:
 _voice: Voice | None = None  # one per process: espeak-ng keeps global state
 
 
-def speak(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
-    """espeak-ng's waveform for text, trimmed of its silences, resampled to 16 kHz float32."""
+def speak(text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, list[WordAt]]:
+    """espeak-ng's waveform for text, trimmed of its silences, resampled to 16 kHz float32, and
+    where in it each word starts."""
     global _voice
     if _voice is None:
         _voice = Voice()
-    x = _voice(text, voice, rate, pitch)
+    x, words = _voice(text, voice, rate, pitch)
     loud = np.flatnonzero(np.abs(x) > 1e-3)
     if loud.size == 0:
-        return np.zeros(0, np.float32)
+        return np.zeros(0, np.float32), []
     x = x[loud[0] : loud[-1] + 1]
-    return resampler(_voice.rate)(torch.from_numpy(x)).numpy()
+    skipped = loud[0] / _voice.rate
+    at = [WordAt(w.end, max(0, round((w.seconds - skipped) * RATE))) for w in words]
+    return resampler(_voice.rate)(torch.from_numpy(x)).numpy(), at
+
+
+class WordAt(NamedTuple):
+    end: int  # one past the word's last character in the text
+    sample: int  # where the word starts in the audio
+
+
+def partial(
+    text: str, x: np.ndarray, words: list[WordAt], rng: np.random.Generator
+) -> tuple[str, np.ndarray] | None:
+    """The utterance cut where one of its words starts, up to 50 ms into it, and the words said
+    before (no closing punctuation): what a streaming step sees mid-sentence. None for a single
+    word."""
+    if len(words) < 2:
+        return None
+    k = int(rng.integers(1, len(words)))  # words kept
+    cut = words[k].sample + int(rng.integers(0, RATE // 20))
+    return text[: words[k - 1].end].rstrip(" ,.;:!?"), x[:cut]
 
 
 def draw_utterance(
@@ -113,12 +135,15 @@ def draw_utterance(
         # augment draws from its own generator: how much it draws depends on the waveform's
         # length, which espeak-ng's library varies by a few ms with what the process said before
         augment_rng = np.random.default_rng(int(rng.integers(2**63)))
-        x = speak(text, voice, rate, pitch)
+        x, words = speak(text, voice, rate, pitch)
         if x.size == 0:
             continue
         x, done = augment(x, augment_rng)
+        stretch = done.get("stretch", 1.0)
+        words = [WordAt(w.end, done["lead"] + round(w.sample * stretch)) for w in words]
         if x.size <= MAX_SECONDS * RATE:
-            return text, x, {"voice": voice, "rate": rate, "pitch": pitch, "aug": done}
+            how = {"voice": voice, "rate": rate, "pitch": pitch, "aug": done, "words": words}
+            return text, x, how
 
 
 def build_shard(task: ShardTask, out_dir: Path) -> list[dict]:
@@ -138,7 +163,7 @@ def build_shard(task: ShardTask, out_dir: Path) -> list[dict]:
                 "start": at,
                 "samples": int(x.size),
                 "text": text,
-                **how,
+                **{k: v for k, v in how.items() if k != "words"},  # timings: for the cut copies
             }
         )
         pieces += [x, np.zeros(GAP, np.float32)]
