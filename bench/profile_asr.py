@@ -1,10 +1,11 @@
-"""Where the live ASR workload's time goes: N streams of `rtserve bench asr`'s capacity
-workload under torch.profiler, with the runtime thread's phases labelled.
+"""Where an ASR workload's time goes: `rtserve bench asr`'s capacity workload (N live streams)
+or its offline one (clips at once) under torch.profiler, the runtime thread's phases labelled.
 
     python bench/profile_asr.py --shape qwen3-asr-0.6b --streams 64 --duration 8 [--out DIR]
+    python bench/profile_asr.py --shape qwen3-asr-0.6b --offline 128
 
-Random weights in a bench shape (or `--model DIR`), warmed up as the bench does; one capacity run
-of N streams is timed plainly (its latency row), then a second one is profiled. Prints:
+Random weights in a bench shape (or `--model DIR`), warmed up as the bench does; the workload
+runs once plainly (its result row), then once profiled. Prints:
 
 - the phases of the runtime thread (host time and calls): the features of each due window,
   the batched encoder call, the prompts' submission, the engine step, and the worker's whole
@@ -21,13 +22,14 @@ import argparse
 import asyncio
 import functools
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from engine.bench import synthetic
-from engine.bench.asr import AsrBench, _warm_up, load_system
+from engine.bench.asr import AsrBench, _warm_up, clip_offsets, load_system, offline
 from engine.bench.live import capacity
 from engine.rollback import Segment
 
@@ -88,17 +90,26 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="a checkpoint folder instead of random weights")
     ap.add_argument("--streams", type=int, default=64)
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of live audio")
+    ap.add_argument("--offline", type=int, metavar="C", help="profile C clips at once instead")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", type=Path, help="folder for the Chrome trace")
     a = ap.parse_args()
 
     b = AsrBench(shape=a.shape, model=a.model, duration=a.duration, streams=(a.streams,))
+    if a.offline:
+        b = replace(b, concurrency=a.offline)
     torch.manual_seed(b.seed)
     signal = synthetic.speech_like(b.signal_seconds(), b.seed)
     system = load_system(b)
+
+    def workload() -> dict:
+        if a.offline:
+            return asyncio.run(offline(system, b, signal, clip_offsets(b, signal)))
+        return asyncio.run(capacity(system, b, signal, a.streams))
+
     try:
         asyncio.run(_warm_up(system, signal))
-        row = asyncio.run(capacity(system, b, signal, a.streams))
+        row = workload()
         print("plain run:", {k: v for k, v in row.items() if not isinstance(v, list)})
         label_phases(system)
         activities = [ProfilerActivity.CPU]
@@ -108,7 +119,7 @@ def main() -> None:
         everywhere = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
         with profile(activities=activities, experimental_config=everywhere) as prof:
             t0 = time.perf_counter()
-            row = asyncio.run(capacity(system, b, signal, a.streams))
+            row = workload()
             wall_us = (time.perf_counter() - t0) * 1e6
         print("profiled run:", {k: v for k, v in row.items() if not isinstance(v, list)})
     finally:
@@ -122,7 +133,8 @@ def main() -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.top))
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
-        prof.export_chrome_trace(str(a.out / f"asr-{a.streams}.trace.json"))
+        name = f"offline-{a.offline}" if a.offline else f"live-{a.streams}"
+        prof.export_chrome_trace(str(a.out / f"asr-{name}.trace.json"))
 
 
 if __name__ == "__main__":
