@@ -272,7 +272,7 @@ class Batcher:
         )
 
     @torch.no_grad()
-    def transcribe(self, waves: list[torch.Tensor], max_new: int = 96) -> list[str]:
+    def transcribe(self, waves: list[torch.Tensor], max_new: int = 192) -> list[str]:
         """Greedy decoding of a batch with the dense path (recomputes the whole prefix each
         token: simple, and cheap at these sizes). Returns the parsed transcripts."""
         audio, counts = self.audio(pad(waves), self.model.decoder.lm_head.weight.device)
