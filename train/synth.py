@@ -109,8 +109,10 @@ class SynthStream:
         return self.samples / RATE / 3600
 
     def wait(self, hours: float, poll: float = 0.5) -> None:
-        while self.refresh() >= 0 and self.hours < hours:
+        self.refresh()
+        while self.hours < hours:
             time.sleep(poll)
+            self.refresh()
 
     def close(self) -> None:
         self._pool.terminate()

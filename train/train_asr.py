@@ -267,7 +267,10 @@ def main(argv: list[str] | None = None) -> dict:
             loss = parts["ce"] + a.ctc_weight * parts["ctc"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if not clipped_step(model, optimizer):
+        stepped = clipped_step(model, optimizer)
+        state["train_seconds"] += time.time() - t0
+        t0 = time.time()  # a skipped step's time is training time too, not a wait for data
+        if not stepped:
             state["skipped"] = state.get("skipped", 0) + 1
             seconds = [u.audio.size / 16000 for u in batch]
             print(
@@ -279,8 +282,6 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         losses.append([parts["ce"].item(), parts["ctc"].item()])
         state["step"] += 1
-        state["train_seconds"] += time.time() - t0
-        t0 = time.time()
         if state["step"] % a.log_every == 0:
             ce, ctc = (sum(x) / len(losses) for x in zip(*losses, strict=True))
             state["log"].append({"step": state["step"], "loss": ce, "ctc": ctc, "lr": lr})
