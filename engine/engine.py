@@ -54,6 +54,9 @@ class Engine:
         self.max_model_len = min(
             config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
         )
+        fuse = getattr(model, "fuse_projections", None)
+        if fuse is not None:  # before the runner captures graphs of the forward
+            fuse()
         num_blocks = config.num_blocks or self._blocks_that_fit()
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.runner = ModelRunner(model, config, num_blocks, self.max_model_len)

@@ -174,24 +174,28 @@ def rope_store_triton(
 
 
 @triton.jit
-def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0)
-    u = tl.load(u_ptr + offs, mask=mask, other=0.0)
+def _silu_mul_kernel(g_ptr, u_ptr, out_ptr, cols, stride, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < cols
+    g = tl.load(g_ptr + row * stride + offs, mask=mask, other=0.0)
+    u = tl.load(u_ptr + row * stride + offs, mask=mask, other=0.0)
     gf = g.to(tl.float32)
     act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)  # silu, rounded as F.silu rounds
     out = (act.to(tl.float32) * u.to(tl.float32)).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + offs, out, mask=mask)
+    tl.store(out_ptr + row * cols + offs, out, mask=mask)
 
 
 def silu_mul_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """The kernel path of `silu_mul` (contiguous inputs of one shape)."""
-    if gate.shape != up.shape or not (gate.is_contiguous() and up.is_contiguous()):
-        raise ValueError("gate and up must be contiguous and of one shape")
-    out = torch.empty_like(gate)
-    n = gate.numel()
-    if n:
-        block = 1024
-        _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, num_warps=4)
+    """The kernel path of `silu_mul`: gate and up of one shape and one layout, rows contiguous
+    (the two halves of a fused gate/up GEMM's output are); the result is contiguous."""
+    if gate.shape != up.shape or gate.stride() != up.stride() or gate.stride(-1) != 1:
+        raise ValueError("gate and up must share a shape and a layout with contiguous rows")
+    cols = gate.shape[-1]
+    out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
+    if out.numel():
+        g, u = gate.view(-1, cols), up.view(-1, cols)  # raises if the rows are not one stride
+        block = min(1024, triton.next_power_of_2(cols))
+        grid = (g.shape[0], triton.cdiv(cols, block))
+        _silu_mul_kernel[grid](g, u, out, cols, g.stride(0), BLOCK=block, num_warps=4)
     return out

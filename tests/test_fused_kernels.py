@@ -101,3 +101,11 @@ def test_silu_mul(dtype):
     torch.testing.assert_close(
         silu_mul_triton(g, u).float(), silu_mul_ref(g, u).float(), **TOL[dtype]
     )
+    # the halves of one fused gate/up output (rows 2 x 1300 apart), in a (B, L, 2I) batch
+    gu = randn(2, 3, 2 * 1300, dtype=dtype, seed=14, scale=3.0)
+    gate, up = gu.chunk(2, dim=-1)
+    got = silu_mul_triton(gate, up)
+    assert got.is_contiguous() and got.shape == (2, 3, 1300)
+    torch.testing.assert_close(got.float(), silu_mul_ref(gate, up).float(), **TOL[dtype])
+    with pytest.raises(ValueError):
+        silu_mul_triton(gate, up.contiguous())  # layouts differ

@@ -74,3 +74,20 @@ def test_tokenizer_and_chat_template_match(root):
         text = tok.apply_chat_template(case["messages"], **case["template_kwargs"])
         assert text == case["text"]
         assert tok.encode(text) == case["ids"]
+
+
+def test_fused_projections_are_views_that_follow_new_weights(root):
+    eng = engine(checkpoint("untied", root))
+    model = eng.model
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    # served as one GEMM each, with the named parameters as views: nothing stored twice
+    assert attn.qkv[0].data_ptr() == attn.q_proj.weight.data_ptr()
+    assert mlp.gate_up.data_ptr() == mlp.gate_proj.weight.data_ptr()
+    assert mlp.up_proj.weight.data_ptr() > mlp.gate_proj.weight.data_ptr()
+    g = torch.Generator().manual_seed(7)
+    new = {n: p + 0.02 * torch.randn(p.shape, generator=g) for n, p in model.named_parameters()}
+    model.load_weights(new)  # writes through the views into the fused weights
+    ids = golden()["checkpoints"]["untied"]["prompts"][1]["input_ids"]
+    with torch.no_grad():
+        dense = model.logits(model.forward_dense(model.model.embed_tokens(torch.tensor([ids]))))
+    torch.testing.assert_close(prompt_logits(eng, ids), dense[0], atol=1e-4, rtol=1e-4)

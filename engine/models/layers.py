@@ -1,4 +1,5 @@
-"""Building blocks the model files share: RMSNorm, rotary embeddings, the gated MLP.
+"""Building blocks the model files share: RMSNorm, rotary embeddings, the gated MLP, and
+fusing linears that read one input.
 
 The per-token arithmetic runs through kernels/fused.py: fused Triton kernels on CUDA, the torch
 references on CPU.
@@ -7,6 +8,7 @@ references on CPU.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kernels.fused import rms_norm, silu_mul
@@ -40,14 +42,41 @@ class Rotary(nn.Module):
         self.cos, self.sin = freqs.cos(), freqs.sin()  # (max_len, D/2)
 
 
+def fuse_linears(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (out_1 + out_2 + ..., in) and bias for linears that read the same input: one
+    GEMM instead of several (a decode step is mostly small GEMMs, each a kernel launch). The
+    linears' parameters become views into it, so the checkpoint names, loading and in-place
+    edits still work and nothing is stored twice. Call it once the model is on its device and
+    dtype: `module.to()` would replace the views with copies."""
+    with torch.no_grad():
+        weight = torch.cat([m.weight for m in linears])
+        bias = torch.cat([m.bias for m in linears]) if linears[0].bias is not None else None
+    at = 0
+    for m in linears:
+        rows = slice(at, at + m.out_features)
+        m.weight = nn.Parameter(weight[rows], requires_grad=m.weight.requires_grad)
+        if bias is not None:
+            m.bias = nn.Parameter(bias[rows], requires_grad=m.bias.requires_grad)
+        at += m.out_features
+    return weight, bias
+
+
 class GatedMLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); gate and up in one GEMM once `fuse()` ran."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.gate_up: torch.Tensor | None = None  # (2 * hidden, dim), set by fuse()
+
+    def fuse(self) -> None:
+        self.gate_up, _ = fuse_linears(self.gate_proj, self.up_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
+        if self.gate_up is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = F.linear(x, self.gate_up).chunk(2, dim=-1)  # views of one GEMM's output
+        return self.down_proj(silu_mul(gate, up))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models.layers import GatedMLP, RMSNorm, Rotary
+from engine.models.layers import GatedMLP, RMSNorm, Rotary, fuse_linears
 from kernels.attention import AttentionBackend, AttentionMetadata
 from kernels.fused import qk_norm_rope_ref, rms_norm_ref, rope_store, silu_mul_ref
 
@@ -79,14 +79,27 @@ class Attention(nn.Module):
         self.rotary = rotary
         self.attn = attn
         self.scale = self.d**-0.5
+        self.qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None  # set by fuse()
+
+    def fuse(self) -> None:
+        """q, k and v projected by one GEMM (engine/models/layers.py's `fuse_linears`)."""
+        self.qkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (T, hidden) -> q (T, H, D), k and v (T, H_kv, D); views of one output once fused."""
+        T = x.shape[0]
+        if self.qkv is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            kv = self.h_kv * self.d
+            q, k, v = F.linear(x, *self.qkv).split([self.h * self.d, kv, kv], dim=-1)
+        return q.view(T, self.h, self.d), k.view(T, self.h_kv, self.d), v.view(T, self.h_kv, self.d)
 
     def forward(self, x, positions, kv, meta: AttentionMetadata) -> torch.Tensor:
         T = x.shape[0]
         k_cache, v_cache = kv
         q = rope_store(
-            self.q_proj(x).view(T, self.h, self.d),
-            self.k_proj(x).view(T, self.h_kv, self.d),
-            self.v_proj(x).view(T, self.h_kv, self.d),
+            *self._project(x),
             self.q_norm.weight if self.q_norm is not None else None,  # None: rotary alone
             self.k_norm.weight if self.k_norm is not None else None,
             self.eps,
@@ -146,6 +159,10 @@ class DecoderLayer(nn.Module):
         h, m = rms_norm_ref(x, norm2.weight, norm2.eps), self.mlp
         return x + m.down_proj(silu_mul_ref(m.gate_proj(h), m.up_proj(h)))  # autograd-safe
 
+    def fuse(self) -> None:
+        self.self_attn.fuse()
+        self.mlp.fuse()
+
 
 class Qwen3Model(nn.Module):
     def __init__(self, cfg: Qwen3Config, attn: AttentionBackend) -> None:
@@ -192,6 +209,12 @@ class Qwen3ForCausalLM(nn.Module):
         for layer in self.model.layers:
             x = layer.dense(x, positions)
         return rms_norm_ref(x, self.model.norm.weight, self.model.norm.eps)
+
+    def fuse_projections(self) -> None:
+        """q/k/v and gate/up each as one GEMM for serving (the engine calls it before it
+        captures graphs); the dense training path keeps the separate projections."""
+        for layer in self.model.layers:
+            layer.fuse()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
