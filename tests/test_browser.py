@@ -3,6 +3,7 @@ to a real server, and the captions follow the transcript contract."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,11 +12,17 @@ import pytest
 import soundfile as sf
 from playwright.sync_api import sync_playwright
 
+from engine.loader import default_spec, load
+from engine.runtime import Runtime
 from tests.server import make_server, running
+from tests.test_default_model import utterances
 from tests.test_realtime import silence, speech
 from tests.tone_asr import ToneAsr
+from train.wer import wer
 
 CHROMIUM = "/usr/bin/chromium"
+CAPTION_MAX_WER = 0.15  # issue 7: the captions of held-out speech
+SCREENSHOT_ENV = "RTSERVE_DEMO_SCREENSHOT"  # a path: where the captions test saves the page
 # Watches every caption: the committed (stable) text of a caption may only grow.
 OBSERVER = """
 window.captionLog = [];
@@ -131,3 +138,49 @@ def test_voice_assistant_round_trip(browser, speech_wav, tmp_path):
     finally:
         chat.engine.shutdown()
     assert any(replies)
+
+
+@pytest.fixture
+def heldout_wav(tmp_path) -> tuple[Path, list[str]]:
+    """Four held-out utterances (unseen voices and sentences) with pauses between them."""
+    path = tmp_path / "heldout.wav"
+    pieces, texts = [silence(600)], []
+    for p, text in utterances()[:4]:
+        x, _ = sf.read(str(p), dtype="float32")
+        pieces += [x, silence(1500)]
+        texts.append(text)
+    pieces.append(silence(2500))
+    sf.write(path, np.concatenate(pieces), 16000, subtype="PCM_16")
+    return path, texts
+
+
+def test_captions_of_the_embedded_model_match_the_speech(browser, heldout_wav):
+    wav, texts = heldout_wav
+    runtime = Runtime()
+    model = load(default_spec(), runtime=runtime, device="cpu")
+    try:
+        with running(make_server([model])) as url:
+            b = launch(browser, wav)
+            page = b.new_page(viewport={"width": 1100, "height": 400})
+            page.goto(f"http://{url}/")
+            page.wait_for_function("document.querySelectorAll('#asr-model option').length > 0")
+            page.evaluate(OBSERVER)
+            page.click("#start")
+            page.wait_for_function(
+                f"document.querySelectorAll('.caption.done').length >= {len(texts)}",
+                timeout=60000,
+            )
+            finals = page.eval_on_selector_all(
+                ".caption.done .stable", "els => els.map(e => e.textContent)"
+            )
+            log = page.evaluate("window.captionLog")
+            if os.environ.get(SCREENSHOT_ENV):
+                page.screenshot(path=os.environ[SCREENSHOT_ENV])
+            b.close()
+    finally:
+        runtime.shutdown()
+    assert wer([(" ".join(texts), " ".join(finals))]) <= CAPTION_MAX_WER, finals
+    seen: dict[str, str] = {}
+    for item, text in log:
+        assert text.startswith(seen.get(item, "")), (item, seen.get(item), text)
+        seen[item] = text
