@@ -98,6 +98,31 @@ def clipped_step(model: torch.nn.Module, optimizer, max_norm: float = 1.0) -> bo
     return True
 
 
+def train_step(
+    batcher: Batcher, optimizer, ready: Prepared, ctc_weight: float, device: torch.device
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """One optimizer step on a prepared batch: (the loss parts, whether it stepped). On CUDA
+    under bf16 autocast."""
+    with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        parts = batcher.losses(ready)
+        loss = parts["ce"] + ctc_weight * parts["ctc"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return parts, clipped_step(batcher.model, optimizer)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only (fused on CUDA)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+        fused=next(model.parameters()).is_cuda,
+    )
+
+
 def held_out_wer(batcher: Batcher, utts: list[Utterance], batch: int = 64) -> tuple[float, list]:
     batcher.model.eval()
     pairs = []
@@ -210,14 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
             state["init"] = str(a.init)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.2f} M parameters", flush=True)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=a.lr,
-        betas=(0.9, 0.98),
-        fused=cuda,
-    )
+    optimizer = make_optimizer(model, a.lr)
     if "optimizer" in state:
         optimizer.load_state_dict(state.pop("optimizer"))
     batcher = Batcher(model, tokenizer)
@@ -262,12 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
         lr = lr_at(state["step"], progress, a.lr, a.warmup)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
-            parts = batcher.losses(ready)
-            loss = parts["ce"] + a.ctc_weight * parts["ctc"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        stepped = clipped_step(model, optimizer)
+        parts, stepped = train_step(batcher, optimizer, ready, a.ctc_weight, device)
         state["train_seconds"] += time.time() - t0
         t0 = time.time()  # a skipped step's time is training time too, not a wait for data
         if not stepped:
