@@ -88,7 +88,9 @@ def engine_beam_search(
     model: PagedFireRedDecoder = engine.model
     cfg = model.decoder.cfg
     model.start(enc, lengths)
-    params = SamplingParams(temperature=0.0, max_tokens=cfg.pe_maxlen - 2, ignore_eos=True)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=cfg.pe_maxlen - 2, ignore_eos=True, detokenize=False
+    )
     segment_of: dict[str, int] = {}
     segments = []
     for i, n in enumerate(lengths.tolist()):

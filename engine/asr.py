@@ -241,7 +241,9 @@ class AsrWorker:
 
     def _params(self, plan: StepPlan) -> SamplingParams:
         """How a step decodes (the bench overrides it to fix output lengths)."""
-        return SamplingParams(temperature=0.0, max_tokens=self.config.max_new_tokens)
+        return SamplingParams(
+            temperature=0.0, max_tokens=self.config.max_new_tokens, detokenize=False
+        )
 
     def _collect(self, s: Stream, out: Output) -> None:
         s.tokens += out.token_ids

@@ -109,6 +109,8 @@ class BlockManager:
         taken first, so the fresh blocks can never evict it. Returns False, changing nothing, when
         too few blocks are free. Never shrinks a table.
         """
+        if not cached and num_tokens <= len(table) * self.block_size:
+            return True  # already room: most decode steps
         if cached and table:
             raise ValueError("cached blocks can only start an empty table")
         if any(self._keys[b] is None for b in cached):

@@ -93,14 +93,18 @@ class Engine:
         if params.seed is not None:
             req.generator = torch.Generator(self.config.device).manual_seed(params.seed)
         self.requests[req.id] = req
-        self.detoks[req.id] = self.tokenizer and IncrementalDetokenizer(
-            self.tokenizer,
-            req.prompt_ids,
-            skip_special_tokens=params.skip_special_tokens,
-            stop=params.stop,
-        )
+        self.detoks[req.id] = self._detokenizer(req.prompt_ids, params)
         self.scheduler.add(req)
         return req
+
+    def _detokenizer(
+        self, prefix: Sequence[int], params: SamplingParams
+    ) -> IncrementalDetokenizer | None:
+        if self.tokenizer is None or not params.detokenize:
+            return None
+        return IncrementalDetokenizer(
+            self.tokenizer, prefix, params.skip_special_tokens, params.stop
+        )
 
     def validate(self, req: Request) -> None:
         n = len(req.prompt_ids)
@@ -149,9 +153,7 @@ class Engine:
         if params.seed is not None:
             child.generator = torch.Generator(self.config.device).manual_seed(params.seed)
         self.requests[child.id] = child
-        self.detoks[child.id] = self.tokenizer and IncrementalDetokenizer(
-            self.tokenizer, child.token_ids, params.skip_special_tokens, params.stop
-        )
+        self.detoks[child.id] = self._detokenizer(child.token_ids, params)
         self.scheduler.adopt(child)
         return child
 

@@ -68,7 +68,7 @@ class FireRedLlmWorker(SegmentWorker):
         for p in prompts:
             params = SamplingParams(
                 temperature=0.0, max_tokens=p.max_new_tokens, stop_token_ids=(self.eos,),
-                ignore_eos=True,
+                ignore_eos=True, detokenize=False,
             )  # fmt: skip
             requests.append(self.engine.add(p.ids, params, embeds=p.embeds))
         while self.engine.has_work():

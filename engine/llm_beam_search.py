@@ -53,7 +53,9 @@ def beam_search(
     """The best hypothesis (generated ids) of each prompt."""
     searches = []
     for p in prompts:
-        params = SamplingParams(temperature=0.0, max_tokens=p.max_new_tokens + 1, ignore_eos=True)
+        params = SamplingParams(
+            temperature=0.0, max_tokens=p.max_new_tokens + 1, ignore_eos=True, detokenize=False
+        )
         req = engine.add(p.ids, params, embeds=p.embeds)
         searches.append(_Search([(req, 0.0)], max(p.max_new_tokens, 1)))
     with torch.inference_mode():

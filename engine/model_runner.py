@@ -8,6 +8,7 @@ Decode batches that fit a captured CUDA graph are replayed from it (engine/cuda_
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -149,10 +150,17 @@ class ModelRunner:
         return self.model(ids, positions, self.kv_caches, meta, embeds)
 
     def prepare(self, batch: Batch) -> StepInputs:
+        # every request computes its last generated token (so n == 1, and no injected rows)
+        if all(r.output_ids and r.num_computed_tokens == r.num_tokens - 1 for r in batch.requests):
+            return self._prepare_decode(batch.requests)
+        return self._prepare_any(batch)
+
+    def _prepare_any(self, batch: Batch) -> StepInputs:
+        """Any batch: prompt chunks, injected embeddings, decodes."""
         bs = self.config.block_size
         ids, positions, slots, sample_rows, sampling = [], [], [], [], []
         embed_rows, embed_values = [], []
-        cu, seqused, tables = [0], [], []
+        cu, seqused = [0], []
         for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
             start, end = req.num_computed_tokens, req.num_computed_tokens + n
             pos = np.arange(start, end)
@@ -168,14 +176,9 @@ class ModelRunner:
                     embed_values.append(e.values[lo - e.start : hi - e.start])
             cu.append(row0 + n)
             seqused.append(end)
-            tables.append(req.block_table)
             if end == req.num_tokens:
                 sample_rows.append(cu[-1] - 1)
                 sampling.append(req)
-        width = max(len(t) for t in tables)
-        padded = np.zeros((len(tables), width), dtype=np.int32)
-        for i, t in enumerate(tables):
-            padded[i, : len(t)] = t
         embeds = None
         if embed_rows:
             embeds = (np.concatenate(embed_rows), torch.cat(embed_values))
@@ -185,8 +188,38 @@ class ModelRunner:
             slots=np.concatenate(slots),
             cu_seqlens_q=np.asarray(cu, dtype=np.int32),
             seqused_k=np.asarray(seqused, dtype=np.int32),
-            block_tables=padded,
+            block_tables=block_tables(batch.requests),
             embeds=embeds,
             sample_rows=sample_rows,
             sampling=sampling,
         )
+
+    def _prepare_decode(self, reqs: list[Request]) -> StepInputs:
+        """`prepare` for a batch where every request computes its last generated token (the
+        common step), with numpy over the batch instead of per request: the host's share of a
+        decode step grows with the batch, and the device waits for it."""
+        bs, B = self.config.block_size, len(reqs)
+        pos = np.fromiter((r.num_computed_tokens for r in reqs), np.int64, B)
+        tables = block_tables(reqs)
+        return StepInputs(
+            input_ids=np.fromiter((r.output_ids[-1] for r in reqs), np.int64, B),
+            positions=pos,
+            slots=tables[np.arange(B), pos // bs].astype(np.int64) * bs + pos % bs,
+            cu_seqlens_q=np.arange(B + 1, dtype=np.int32),
+            seqused_k=(pos + 1).astype(np.int32),
+            block_tables=tables,
+            embeds=None,
+            sample_rows=list(range(B)),
+            sampling=list(reqs),
+        )
+
+
+def block_tables(reqs: list[Request]) -> np.ndarray:
+    """(B, longest) int32: each request's block table, zero padded."""
+    lengths = np.fromiter((len(r.block_table) for r in reqs), np.int64, len(reqs))
+    flat = np.fromiter(
+        itertools.chain.from_iterable(r.block_table for r in reqs), np.int32, int(lengths.sum())
+    )
+    tables = np.zeros((len(reqs), int(lengths.max())), dtype=np.int32)
+    tables[np.arange(tables.shape[1]) < lengths[:, None]] = flat
+    return tables

@@ -17,6 +17,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    # False: token ids only, no incremental text (callers that decode the whole output at its
+    # end, such as the speech workers): saves a tokenizer call per request per step
+    detokenize: bool = True
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -30,6 +33,8 @@ class SamplingParams:
             raise ValueError("repetition_penalty must be > 0")
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
+        if self.stop and not self.detokenize:
+            raise ValueError("stop strings need detokenize")
 
     @property
     def greedy(self) -> bool:

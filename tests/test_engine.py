@@ -204,6 +204,43 @@ def test_stops_and_lengths(model_dir):
     assert req.finish_reason == "length" and len(req.output_ids) == 5
 
 
+def test_without_detokenize_a_request_gives_ids_only(model_dir):
+    eng = engine(model_dir)
+    ids = PROMPTS[1]["input_ids"]
+    full = eng.generate([ids], greedy(6))[0]
+    req = eng.add(ids, SamplingParams(temperature=0, max_tokens=6, detokenize=False))
+    outputs = []
+    while eng.has_work():
+        outputs += eng.step()
+    assert req.output_ids == full and [t for o in outputs for t in o.token_ids] == full
+    assert all(o.text == "" for o in outputs)
+    with pytest.raises(ValueError, match="stop strings need detokenize"):
+        SamplingParams(stop=("x",), detokenize=False)
+
+
+def test_decode_steps_are_prepared_as_any_step_would_be(model_dir):
+    eng = engine(model_dir, block_size=4)
+    for p in PROMPTS:  # prompts of several lengths: tables of several widths
+        eng.add(p["input_ids"], greedy(9))
+    checked = 0
+    while eng.has_work():
+        batch = eng.scheduler.schedule()
+        if all(r.output_ids and r.num_computed_tokens == r.num_tokens - 1 for r in batch.requests):
+            fast = eng.runner.prepare(batch)
+            slow = eng.runner._prepare_any(batch)
+            for name in ("input_ids", "positions", "slots", "cu_seqlens_q", "seqused_k"):
+                a, b = getattr(fast, name), getattr(slow, name)
+                assert a.dtype == b.dtype and (a == b).all(), name
+            assert (fast.block_tables == slow.block_tables).all()
+            assert fast.sample_rows == slow.sample_rows and fast.sampling == slow.sampling
+            checked += 1
+        logits, sampling = eng.runner.run(batch)
+        eng.scheduler.after_step(batch)
+        for req, tok in zip(sampling, logits.argmax(-1).tolist(), strict=True):
+            eng._append(req, tok)
+    assert checked >= 8
+
+
 def test_eos_ends_unless_ignored(model_dir):
     eng = engine(model_dir)
     ids = PROMPTS[0]["input_ids"]

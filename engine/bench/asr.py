@@ -148,7 +148,7 @@ class FixedLengthWorker(AsrWorker):
     def _params(self, plan: StepPlan) -> SamplingParams:
         prefix = len(self.tokenizer.encode(plan.prefix)) if plan.prefix else 0
         n = self.lengths.step(plan.upto / SAMPLE_RATE, prefix)
-        return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+        return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
 
 
 def fixed_length_model(

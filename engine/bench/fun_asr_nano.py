@@ -117,7 +117,7 @@ class FixedLengthNanoWorker(NanoWorker):
     def _params(self, plan: StepPlan) -> SamplingParams:
         prefix = len(self.tokenizer.encode(plan.prefix)) if plan.prefix else 0
         n = self.lengths.step(plan.upto / synthetic.SAMPLE_RATE, prefix)
-        return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+        return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
 
 
 def load_fixed(
