@@ -58,11 +58,14 @@ def label_phases(system) -> None:
 
 
 def busy_share(prof: profile, wall_us: float) -> float:
-    """The share of the wall time with at least one kernel running (overlaps counted once)."""
+    """The share of the wall time with at least one kernel or copy running (overlaps counted
+    once). The device-side spans of record_function labels are not work: left out."""
     spans = sorted(
         (e.time_range.start, e.time_range.end)
         for e in prof.events()
-        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > 0
+        if e.device_type == torch.autograd.DeviceType.CUDA
+        and not e.is_user_annotation
+        and e.time_range.end > 0
     )
     busy, end = 0, -1
     for a, b in spans:
