@@ -203,15 +203,18 @@ class AsrWorker:
         """The next step of each due stream's oldest segment (a committed one gets its final
         before anything else); a committed segment with nothing new since its last step is
         finalized here instead."""
-        plans = []
+        due = []
         for s in streams:
             seg = s.queue[0]
             upto = seg.audio.size if seg.committed else seg.due()
             if seg.committed and upto == seg.stepped:
                 self._finalize(s, seg, *seg.parsed())
                 continue
-            plans.append((s, seg, seg.plan(upto, seg.committed)))
-        return plans
+            due.append((s, seg, upto))
+        if not due:
+            return []
+        plans = type(due[0][1]).plans([(seg, upto, seg.committed) for _, seg, upto in due])
+        return [(s, seg, plan) for (s, seg, _), plan in zip(due, plans, strict=True)]
 
     @torch.inference_mode()
     def _launch(self, streams: list[Stream]) -> None:

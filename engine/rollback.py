@@ -25,6 +25,7 @@ from __future__ import annotations
 import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ from engine.tokenizer import Tokenizer
 
 SAMPLE_RATE = 16_000
 CONTEXT_FRAMES = 3  # audio before (and after) a slice, so that its frames equal the whole's
+# Log-mel slices (8 s windows at most) computed in one call on a GPU, where each call is a
+# dozen small kernels and a read-back; on a CPU one at a time (measured: batches leave the cache
+# and cost 1.5x per slice)
+MEL_BATCH_CUDA = 64
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,12 @@ class Window:
     digest: bytes  # identity for the prefix cache, fixed while cached
 
 
+class RawMel(NamedTuple):
+    x: torch.Tensor  # (n_mels, frames): unclamped log-mel
+    min: float
+    max: float
+
+
 @dataclass
 class StepPlan:
     """One step: the audio it covers, the windows to encode, the text prefix."""
@@ -69,7 +80,7 @@ class StepPlan:
     prefix: str
     floor: float
     windows: int  # windows in all
-    encode: dict[int, tuple[torch.Tensor, float, float]] = field(default_factory=dict)
+    encode: dict[int, RawMel] = field(default_factory=dict)  # window -> its unclamped log-mel
 
 
 def final_windows(upto: int, window_frames: int) -> int:
@@ -79,6 +90,42 @@ def final_windows(upto: int, window_frames: int) -> int:
     while last_frame_end(w) <= upto:
         w += 1
     return w
+
+
+def raw_mels(
+    jobs: list[tuple[np.ndarray, int, int, int]], device: torch.device, batch: int | None = None
+) -> list[RawMel]:
+    """Unclamped log-mel frames [f0, f1) of each job's audio cut at `upto`, as a log-mel of
+    all of it would have them (each slice takes CONTEXT_FRAMES of audio either side), with
+    each one's extremes. jobs: (audio, f0, f1, upto). `batch` slices (default: MEL_BATCH_CUDA
+    on a GPU, 1 on a CPU) run as one padded batch, their extremes read back at once."""
+    n = batch or (MEL_BATCH_CUDA if device.type == "cuda" else 1)
+    return [m for i in range(0, len(jobs), n) for m in _raw_mels(jobs[i : i + n], device)]
+
+
+def _raw_mels(jobs: list[tuple[np.ndarray, int, int, int]], device: torch.device) -> list[RawMel]:
+    starts = [max(0, f0 - CONTEXT_FRAMES) for _, f0, _, _ in jobs]
+    ends = [min(upto, (f1 + CONTEXT_FRAMES) * HOP) for _, _, f1, upto in jobs]
+    lengths = [e - s0 * HOP for s0, e in zip(starts, ends, strict=True)]
+    x = np.zeros((len(jobs), max(lengths)), dtype=np.float32)
+    for i, ((audio, *_), s0, e) in enumerate(zip(jobs, starts, ends, strict=True)):
+        x[i, : e - s0 * HOP] = audio[s0 * HOP : e]
+    mel = log_mel(torch.from_numpy(x).to(device), torch.tensor(lengths))  # (B, n_mels, T)
+    t = torch.arange(mel.shape[2])
+    lo = torch.tensor([f0 - s0 for (_, f0, _, _), s0 in zip(jobs, starts, strict=True)])
+    hi = torch.tensor([f1 - s0 for (_, _, f1, _), s0 in zip(jobs, starts, strict=True)])
+    valid = ((t >= lo[:, None]) & (t < hi[:, None]))[:, None].to(device)  # (B, 1, T)
+    extremes = torch.stack(
+        [
+            torch.where(valid, mel, torch.inf).amin(dim=(1, 2)),
+            torch.where(valid, mel, -torch.inf).amax(dim=(1, 2)),
+        ],
+        1,
+    ).tolist()
+    return [
+        RawMel(mel[i, :, a:b], *extremes[i])
+        for i, (a, b) in enumerate(zip(lo.tolist(), hi.tolist(), strict=True))
+    ]
 
 
 class RollbackSegment(ABC):
@@ -147,6 +194,12 @@ class RollbackSegment(ABC):
     def parsed(self) -> tuple[str, str]:
         return self.parse(self.raw)
 
+    @classmethod
+    def plans(cls, items: list[tuple[RollbackSegment, int, bool]]) -> list[Any]:
+        """The `plan(upto, final)` of each (segment, upto, final), the step covering its audio
+        up to `upto` (a subclass's plan type); a subclass may batch their work."""
+        return [seg.plan(upto, final) for seg, upto, final in items]
+
     @abstractmethod
     def parse(self, raw: str) -> tuple[str, str]:
         """An output (prefix + generated text) -> (language, transcript)."""
@@ -184,43 +237,50 @@ class Segment(RollbackSegment):
     # ---- planning ----
 
     def plan(self, upto: int, final: bool) -> StepPlan:
+        return self.plans([(self, upto, final)])[0]
+
+    @classmethod
+    def plans(cls, items: list[tuple[Segment, int, bool]]) -> list[StepPlan]:
+        """The log-mel frames every plan needs first (new final windows, the open window) are
+        computed for all segments in one batched call, with one read-back of their extremes:
+        per segment, they were a dozen small kernels and two or three host syncs."""
+        jobs = [(seg, f0, f1, upto) for seg, upto, _ in items for f0, f1 in seg._ranges(upto)]
+        device = items[0][0].device if items else torch.device("cpu")
+        mels = iter(raw_mels([(seg.audio, f0, f1, upto) for seg, f0, f1, upto in jobs], device))
+        known: dict[int, dict[tuple[int, int], RawMel]] = {}
+        for seg, f0, f1, _ in jobs:
+            known.setdefault(id(seg), {})[f0, f1] = next(mels)
+        return [seg._plan(upto, final, known.get(id(seg), {})) for seg, upto, final in items]
+
+    def _ranges(self, upto: int) -> list[tuple[int, int]]:
+        """Frame ranges a step to `upto` needs before it can set the clamp floor: the final
+        windows not cached yet, and the open ones (the last cut at the end of the audio)."""
+        wf = self.window_frames
+        frames, done = upto // HOP, final_windows(upto, wf)
+        total = -(-frames // wf)
+        fresh = [(w * wf, (w + 1) * wf) for w in range(done) if w not in self.windows]
+        return fresh + [(w * wf, min((w + 1) * wf, frames)) for w in range(done, total)]
+
+    def _plan(self, upto: int, final: bool, mels: dict[tuple[int, int], RawMel]) -> StepPlan:
         wf = self.window_frames
         frames = upto // HOP
         done = final_windows(upto, wf)
         total = -(-frames // wf)
-        open_raw = self.raw_mel(done * wf, frames, upto) if total > done else None
         peak = max([w.raw_max for k, w in self.windows.items() if k < done] + [-np.inf])
-        fresh = {}
-        for w in range(done):
-            if w not in self.windows:
-                raw = self.raw_mel(w * wf, (w + 1) * wf, upto)
-                fresh[w] = raw
-                peak = max(peak, float(raw.max()))
-        if open_raw is not None and open_raw.numel():
-            peak = max(peak, float(open_raw.max()))
+        peak = max([peak] + [m.max for m in mels.values()])
         floor = peak - DYNAMIC_RANGE
         plan = StepPlan(upto, final, self._prefix(final), floor, total)
         for w in range(done):
             cached = self.windows.get(w)
             if cached and (cached.floor == floor or cached.raw_min >= max(floor, cached.floor)):
                 continue  # no value of it is clamped differently: same features, same tokens
-            raw = fresh.get(w)
-            if raw is None:
-                raw = self.raw_mel(w * wf, (w + 1) * wf, upto)
-            plan.encode[w] = (raw, float(raw.min()), float(raw.max()))
-        if open_raw is not None:
-            for w in range(done, total):
-                part = open_raw[:, (w - done) * wf : (w - done + 1) * wf]
-                plan.encode[w] = (part, float(part.min()), float(part.max()))
+            m = mels.get((w * wf, (w + 1) * wf))
+            if m is None:  # cached, but the floor moved: its frames again (rare)
+                m = raw_mels([(self.audio, w * wf, (w + 1) * wf, upto)], self.device)[0]
+            plan.encode[w] = m
+        for w in range(done, total):
+            plan.encode[w] = mels[w * wf, min((w + 1) * wf, frames)]
         return plan
-
-    def raw_mel(self, f0: int, f1: int, upto: int) -> torch.Tensor:
-        """Unclamped log-mel frames [f0, f1) of the audio up to `upto`, as a whole-audio log-mel
-        would have them: (n_mels, f1 - f0)."""
-        start = max(0, f0 - CONTEXT_FRAMES)
-        end = min(upto, (f1 + CONTEXT_FRAMES) * HOP)
-        x = torch.from_numpy(self.audio[start * HOP : end]).to(self.device)
-        return log_mel(x)[0, :, f0 - start : f1 - start]
 
     def features(self, raw: torch.Tensor, floor: float) -> torch.Tensor:
         return (torch.clamp(raw, min=floor) + 4.0) / 4.0

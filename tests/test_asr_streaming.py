@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from audio.features import whisper_features
+from audio.features import HOP, log_mel, whisper_features
 from engine.asr import AsrModel, AsrWorker, build_qwen3_asr, load_qwen3_asr
 from engine.asr_prompt import build_prompt, rollback
 from engine.config import EngineConfig
 from engine.engine import Engine
 from engine.request import InjectedEmbeds
-from engine.rollback import RollbackConfig, RollbackSegment
+from engine.rollback import CONTEXT_FRAMES, RollbackConfig, RollbackSegment, raw_mels
 from engine.runtime import Runtime
 from engine.sampling import SamplingParams
 from engine.streaming import Final, Partial, StreamOptions
@@ -199,6 +199,19 @@ async def test_audio_after_a_commit_opens_the_next_segment(model_dir):
     runtime.shutdown()
     assert [(type(e), e.segment) for e in events] == [(Final, 0), (Final, 1)]
     assert [t.upto for t in trace] == [16000, 24000]
+
+
+def test_log_mel_slices_are_computed_together_as_each_alone():
+    audio = long_audio(20.0, burst_at=9.0)
+    jobs = [(audio, 0, 800, 160_000), (audio, 800, 1600, 320_000), (audio, 1600, 1999, 320_000)]
+    jobs += [(audio[:96_000], 0, 600, 96_000)]  # another stream: a shorter, open window
+    got = raw_mels(jobs, torch.device("cpu"), batch=3)  # a batch of three, and one alone
+    for (x, f0, f1, upto), m in zip(jobs, got, strict=True):
+        start = max(0, f0 - CONTEXT_FRAMES)  # one slice alone, with its context
+        end = min(upto, (f1 + CONTEXT_FRAMES) * HOP)
+        alone = log_mel(torch.from_numpy(x[start * HOP : end]))[0, :, f0 - start : f1 - start]
+        torch.testing.assert_close(m.x, alone, atol=1e-4, rtol=1e-5)
+        assert (m.min, m.max) == (float(m.x.min()), float(m.x.max()))
 
 
 def test_segment_audio_grows_by_chunks():
