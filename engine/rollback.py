@@ -241,9 +241,9 @@ class Segment(RollbackSegment):
 
     @classmethod
     def plans(cls, items: list[tuple[Segment, int, bool]]) -> list[StepPlan]:
-        """The log-mel frames every plan needs first (new final windows, the open window) are
-        computed for all segments in one batched call, with one read-back of their extremes:
-        per segment, they were a dozen small kernels and two or three host syncs."""
+        """`plan` of many segments. The log-mel frames each needs first (new final windows,
+        the open ones) are computed for all of them together (`raw_mels`: batched on a GPU,
+        where one segment's alone costs a dozen small kernels and two or three host syncs)."""
         jobs = [(seg, f0, f1, upto) for seg, upto, _ in items for f0, f1 in seg._ranges(upto)]
         device = items[0][0].device if items else torch.device("cpu")
         mels = iter(raw_mels([(seg.audio, f0, f1, upto) for seg, f0, f1, upto in jobs], device))
