@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine.asr import load_qwen3_asr
-from engine.rollback import RollbackConfig
+from engine.rollback import RollbackConfig, raw_mels
 from engine.runtime import Runtime
 from engine.streaming import Final, Partial, StreamOptions
 from tests import test_qwen3_asr as parity
@@ -27,6 +27,17 @@ def root(tmp_path_factory):
     if not torch.cuda.is_available():
         pytest.fail("the gpu tests need a CUDA device")
     return tmp_path_factory.mktemp("asr")
+
+
+def test_log_mel_slices_batched_on_cuda_equal_each_alone_on_cpu(root):
+    audio = long_audio(30.0, burst_at=12.0)
+    jobs = [(audio, f0, min(f0 + 800, 2999), 480_000) for f0 in range(0, 3000, 800)]
+    jobs += [(audio[:64_000], 0, 400, 64_000)]  # a shorter stream's open window
+    on_cuda = raw_mels(jobs, torch.device("cuda"))  # one batch of five
+    alone = raw_mels(jobs, torch.device("cpu"))  # one at a time
+    for a, b in zip(on_cuda, alone, strict=True):
+        torch.testing.assert_close(a.x.cpu(), b.x, atol=2e-3, rtol=1e-4)
+        assert abs(a.max - b.max) < 2e-3 and abs(a.min - b.min) < 2e-3
 
 
 def test_encoder_and_logits_match_on_cuda(root, monkeypatch):
