@@ -7,9 +7,9 @@ or its offline one (clips at once) under torch.profiler, the runtime thread's ph
 Random weights in a bench shape (or `--model DIR`), warmed up as the bench does; the workload
 runs once plainly (its result row), then once profiled. Prints:
 
-- the phases of the runtime thread (host time and calls): the features of each due window,
-  the batched encoder call, the prompts' submission, the engine step, and the worker's whole
-  step (which holds the others);
+- the phases of the runtime thread (host time and calls): the log-mel of the due windows
+  (`raw_mels`), the batched encoder call, the prompts' submission, the engine step, and the
+  worker's whole step (which holds the others);
 - the device's busy share (the union of kernel time over the profiled wall time);
 - the top operators by device time and by host time.
 
@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from engine import rollback
 from engine.bench import synthetic
 from engine.bench.asr import AsrBench, _warm_up, clip_offsets, load_system, offline
 from engine.bench.live import capacity
-from engine.rollback import Segment
 
-PHASES = ("asr.features", "asr.encoder", "asr.submit", "engine.step", "asr.step")
+PHASES = ("asr.log_mel", "asr.encoder", "asr.submit", "engine.step", "asr.step")
 
 
 def labelled(obj: object, name: str, label: str) -> None:
@@ -50,7 +50,7 @@ def labelled(obj: object, name: str, label: str) -> None:
 
 def label_phases(system) -> None:
     worker = system.worker
-    labelled(Segment, "features", "asr.features")
+    labelled(rollback, "raw_mels", "asr.log_mel")  # looked up in the module at each call
     labelled(worker.model.encoder, "encode_windows", "asr.encoder")
     labelled(worker.engine, "add", "asr.submit")
     labelled(worker.engine, "step", "engine.step")

@@ -80,6 +80,11 @@ def normalize_text(text: str) -> str:
     return " ".join(normalize(text))
 
 
+class WordAt(NamedTuple):
+    end: int  # one past the word's last character in the text
+    sample: int  # where the word starts in the audio
+
+
 _voice: Voice | None = None  # one per process: espeak-ng keeps global state
 
 
@@ -97,11 +102,6 @@ def speak(text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, lis
     skipped = loud[0] / _voice.rate
     at = [WordAt(w.end, max(0, round((w.seconds - skipped) * RATE))) for w in words]
     return resampler(_voice.rate)(torch.from_numpy(x)).numpy(), at
-
-
-class WordAt(NamedTuple):
-    end: int  # one past the word's last character in the text
-    sample: int  # where the word starts in the audio
 
 
 def partial(
@@ -163,7 +163,7 @@ def build_shard(task: ShardTask, out_dir: Path) -> list[dict]:
                 "start": at,
                 "samples": int(x.size),
                 "text": text,
-                **{k: v for k, v in how.items() if k != "words"},  # timings: for the cut copies
+                **{k: v for k, v in how.items() if k != "words"},  # word times: for synth.py
             }
         )
         pieces += [x, np.zeros(GAP, np.float32)]
