@@ -27,9 +27,10 @@ from profile_asr import busy_share, labelled
 from torch.profiler import ProfilerActivity, profile
 
 from train.data import batches, load_manifests, read_manifest
-from train.model import Batcher, build_model, config_json
+from train.feed import noise_levels
+from train.model import Batcher, build_model, config_json, prepare
 from train.tokenizer import write_tokenizer
-from train.train_asr import make_optimizer, noise_levels, train_step
+from train.train_asr import make_optimizer, train_step
 
 PHASES = ("train.losses", "train.backward", "train.optimizer")
 
@@ -80,9 +81,9 @@ def main() -> None:
         pool = utts * max(1, round(3 * seconds / total))
         # the fullest batch of one epoch: the others are an epoch's remainders
         batch = max(batches(pool, seconds, rng, pool=len(pool)), key=lambda b: len(b))
-        waves = [torch.from_numpy(u.audio) for u in batch]
-        ready = batcher.prepare(waves, [u.text for u in batch], noise_levels(len(batch), rng))
-        audio_s = sum(w.numel() for w in waves) / 16000
+        waves = [u.audio for u in batch]
+        ready = prepare(tokenizer, waves, [u.text for u in batch], noise_levels(len(batch), rng))
+        audio_s = sum(w.size for w in waves) / 16000
 
         times = []
         for _ in range(2 + a.steps):  # two warm-up steps

@@ -7,7 +7,6 @@ import itertools
 import json
 import random
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -29,11 +28,12 @@ from engine.tokenizer import Tokenizer
 from tests.qwen3_golden import prompt_logits
 from tests.tiny_models import FIXTURES, qwen3_asr_audio
 from tests.tiny_models import build_qwen3_asr as build_checkpoint
-from train import make_data
-from train.data import batches, load_manifests, prefetch
+from train import augment, make_data
+from train.data import batches, load_manifests
 from train.evaluate import load_model, transcribe
 from train.export import MAX_BYTES, export
-from train.model import Batcher, build_model, config_json, pad
+from train.feed import Feed, FeedConfig
+from train.model import Batcher, build_model, config_json, pad, prepare
 from train.synth import SynthStream
 from train.tokenizer import ANSWER_PREFIX, write_tokenizer
 from train.train_asr import clipped_step, lr_at
@@ -127,27 +127,6 @@ def test_make_data_writes_disjoint_opus_manifests(tmp_path):
         assert said[:n] == said_again[:n] and abs(len(said) - len(said_again)) <= 1
 
 
-def test_prefetch_keeps_order_and_raises_the_producers_error():
-    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
-
-    def failing():
-        yield 1
-        raise ValueError("bad shard")
-
-    got = []
-    with pytest.raises(ValueError, match="bad shard"):
-        for item in prefetch(failing()):
-            got.append(item)
-    assert got == [1]
-    endless = prefetch(itertools.count())
-    assert next(endless) == 0
-    endless.close()  # the consumer stops early: so does the thread
-    deadline = time.time() + 5
-    while any(t.name == "prefetch" for t in threading.enumerate()) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not any(t.name == "prefetch" for t in threading.enumerate())
-
-
 def test_batches_cover_every_utterance_once_within_the_budget(clips):
     utts = load_manifests([clips / "train.jsonl"]) * 7
     seen = []
@@ -179,14 +158,14 @@ def test_tokenizer_round_trip_and_qwen3_asr_tokens(tokenizer):
 def test_dense_forward_and_batched_encoder_match_the_engine(tmp_path):
     model, tok = build_qwen3_asr(build_checkpoint(tmp_path / "tiny"), CPU)
     batcher = Batcher(model, tok)
-    audio = torch.from_numpy(qwen3_asr_audio("synthetic_12s"))  # two 8 s attention windows
+    audio = qwen3_asr_audio("synthetic_12s")  # two 8 s attention windows
     # with shorter batch mates: one and a part chunk, and less than a chunk
     waves = [audio, audio[: 16000 * 33 // 10 + 77], audio[16000:27000]]
     with torch.no_grad():
         flat, counts = batcher.audio(pad(waves), torch.device("cpu"))
         items = flat.split(counts.tolist())
         for x, got in zip(waves, items, strict=True):
-            want = model.encoder(whisper_features(x)[0][0])  # the server's window by window
+            want = model.encoder(whisper_features(torch.from_numpy(x))[0][0])  # window by window
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         embeds = items[0]
         prompt = build_prompt(tok)
@@ -203,6 +182,35 @@ def test_dense_forward_and_batched_encoder_match_the_engine(tmp_path):
         )
 
 
+def test_the_feed_process_hands_over_every_utterance_each_epoch(clips, tmp_path):
+    want = {u.text: u.audio for u in load_manifests([clips / "train.jsonl"])}
+    config = FeedConfig(tmp_path / "tok", batch_seconds=30, seed=0, data=(clips,), depth=2)
+    with Feed(config) as feed:
+        assert feed.corpus.utterances == 2 and feed.corpus.synthesized_hours == 0
+        tokenizer = Tokenizer.from_folder(tmp_path / "tok")  # written from the transcripts
+        seen: dict[int, list[str]] = {}
+        for batch in feed:
+            if batch.epoch == 3:
+                break
+            ready = batch.ready
+            for i, answer in enumerate(ready.answers):
+                text = tokenizer.decode(ready.ctc_targets[i])
+                n = int(ready.waves.lengths[i])
+                if text:  # silent items carry no transcript
+                    np.testing.assert_array_equal(ready.waves.x[i, :n].numpy(), want[text])
+                    seen.setdefault(batch.epoch, []).append(text)
+                assert answer[-1] == tokenizer.token_to_id("<|im_end|>")
+                assert not ready.waves.x[i, n:].any()
+    assert {e: sorted(t) for e, t in seen.items()} == {e: sorted(want) for e in range(3)}
+    assert not feed._process.is_alive()
+
+
+def test_a_failure_in_the_feed_process_is_raised_in_the_trainer(tmp_path):
+    config = FeedConfig(tmp_path / "tok", batch_seconds=30, seed=0, data=(tmp_path / "none",))
+    with pytest.raises(RuntimeError, match="feed process failed(.|\n)*train.jsonl"):
+        Feed(config)
+
+
 @pytest.fixture(scope="module")
 def overfit(tokenizer, clips) -> tuple[Batcher, list[list[float]]]:
     """The tiny preset trained for 40 steps on the two clips, and its (ce, ctc) losses."""
@@ -210,11 +218,11 @@ def overfit(tokenizer, clips) -> tuple[Batcher, list[list[float]]]:
     model = build_model(config_json("tiny", tokenizer))
     batcher = Batcher(model, tokenizer)
     utts = load_manifests([clips / "train.jsonl"])
-    waves = [torch.from_numpy(u.audio) for u in utts]
+    waves = [u.audio for u in utts]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):
-        parts = batcher.losses(batcher.prepare(waves, [u.text for u in utts]))
+        parts = batcher.losses(prepare(tokenizer, waves, [u.text for u in utts]))
         opt.zero_grad()
         (parts["ce"] + 0.3 * parts["ctc"]).backward()
         opt.step()
@@ -244,7 +252,7 @@ async def test_export_loads_in_the_production_loader_and_transcribes(
     assert all(k.startswith(("thinker.audio_tower.", "thinker.model.")) for k in keys)
     assert json.loads((folder / "config.json").read_text())["model_type"] == "qwen3_asr"
     utts = load_manifests([clips / "train.jsonl"])
-    dense = batcher.transcribe([torch.from_numpy(u.audio) for u in utts])
+    dense = batcher.transcribe([u.audio for u in utts])
     runtime = Runtime()
     try:
         served = load_model(folder, "cpu", runtime)  # engine.loader.load, as `rtserve serve`
@@ -316,6 +324,31 @@ def test_synthesized_speech_is_fresh_bounded_and_avoids_held_out_sentences(clips
     assert not {make_data.normalize_text(u.text) for u in utts} & reserved
 
 
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 2.0])
+def test_coloured_noise_has_unit_rms_and_its_spectral_slope(exponent):
+    n = 50_021  # a prime: the noise is made at a power of two and cut
+    y = augment.coloured_noise(np.random.default_rng(1), n, exponent)
+    assert y.shape == (n,) and y.dtype == np.float32
+    assert np.sqrt(np.mean(y.astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-4)
+    power = np.abs(np.fft.rfft(y)) ** 2
+    f = np.fft.rfftfreq(n, 1 / 16000)
+    bands = np.geomspace(100, 4000, 12)  # mean power per band, against the band's centre
+    p = [power[(f >= lo) & (f < hi)].mean() for lo, hi in itertools.pairwise(bands)]
+    centres = np.sqrt(bands[1:] * bands[:-1])
+    slope = np.polyfit(np.log(centres), np.log(p), 1)[0]
+    assert slope == pytest.approx(-exponent, abs=0.25)
+
+
+def test_reverb_is_the_linear_convolution_with_the_room():
+    x = np.random.default_rng(2).standard_normal(30_011).astype(np.float32)
+    y = augment.reverb(x, np.random.default_rng(3))
+    rng = np.random.default_rng(3)  # the same draws: the impulse response reverb used
+    h = augment.room_impulse(rng, rng.uniform(0.15, 0.7))
+    want = np.convolve(x.astype(np.float64), h)[: x.size + h.size // 4]
+    want *= np.abs(x).max() / np.abs(want).max()
+    np.testing.assert_allclose(y, want, atol=1e-4)
+
+
 def test_draw_utterance_skips_reserved_sentences():
     said = iter(["Hello, this is a speech server test.", "Two words."])
     text, x, how = make_data.draw_utterance(
@@ -348,8 +381,8 @@ def test_an_utterance_cut_where_a_word_starts():
 
 def test_ctc_loss_leaves_out_utterances_without_words(overfit):
     batcher, _ = overfit
-    waves = [torch.randn(16000) * 0.1 for _ in range(2)]
-    ready = batcher.prepare(waves, ["", "hello there"])
+    waves = [np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32) for _ in range(2)]
+    ready = prepare(batcher.tokenizer, waves, ["", "hello there"])
     assert ready.ctc_targets[0] == [] and ready.ctc_targets[1]
     audio, counts = batcher.audio(ready.waves, torch.device("cpu"))
     both = batcher.ctc_loss(audio, counts, ready.ctc_targets)

@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Full, Queue
-from typing import TypeVar
 
 import numpy as np
 import soundfile as sf
 
 RATE = 16000
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,39 +82,3 @@ def batches(
             out.append(batch)
     rng.shuffle(out)
     yield from out
-
-
-def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """Runs the iterator in a thread, `depth` items ahead of the consumer: the next batch is
-    padded and tokenized while the device trains on this one. The thread's errors are raised
-    here; it stops when the consumer does."""
-    queue: Queue = Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                queue.put(item, timeout=0.1)
-                return True
-            except Full:
-                pass
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as e:  # handed to the consumer
-            put(e)
-
-    threading.Thread(target=produce, daemon=True, name="prefetch").start()
-    try:
-        while (item := queue.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()

@@ -128,14 +128,14 @@ class Padded:
     lengths: torch.Tensor  # (B,) samples
 
 
-def pad(waves: list[torch.Tensor], pin: bool = False) -> Padded:
+def pad(waves: list[np.ndarray]) -> Padded:
     """Right-padded rows in the waves' dtype (the synthesized speech is float16: half the bytes
-    to copy here and to the device; the features are computed in float32 there)."""
-    lengths = torch.tensor([w.numel() for w in waves])
-    x = torch.zeros(len(waves), int(lengths.max()), dtype=waves[0].dtype, pin_memory=pin)
+    to hand over and to copy to the device; the features are computed in float32 there)."""
+    lengths = np.array([w.size for w in waves])
+    x = np.zeros((len(waves), int(lengths.max())), dtype=waves[0].dtype)
     for i, w in enumerate(waves):
-        x[i, : w.numel()] = w
-    return Padded(x, lengths)
+        x[i, : w.size] = w
+    return Padded(torch.from_numpy(x), torch.from_numpy(lengths))
 
 
 def right_padded(rows: list[list[int]], fill: int) -> np.ndarray:
@@ -154,6 +154,24 @@ class Prepared:
     answers: list[list[int]]  # answer token ids (transcript and end token), per item
     ctc_targets: list[list[int]]  # transcript token ids ([] for silence), per item
     snr_db: list[float] | None  # noise added on the device, per item (inf: none)
+
+
+def prepare(
+    tokenizer: Tokenizer,
+    waves: list[np.ndarray],
+    texts: list[str],
+    snr_db: list[float] | None = None,
+) -> Prepared:
+    """The CPU side of a training batch: padding and tokenizing, which needs the tokenizer
+    alone (train/feed.py runs it in its own process)."""
+    end = tokenizer.token_to_id("<|im_end|>")
+    answers = [ANSWER_PREFIX + t if t else SILENCE_ANSWER for t in texts]
+    return Prepared(
+        pad(waves),
+        [tokenizer.encode(a) + [end] for a in answers],
+        [tokenizer.encode(t) if t else [] for t in texts],
+        snr_db,
+    )
 
 
 class Batcher:
@@ -197,10 +215,6 @@ class Batcher:
         h, valid = self.model.encoder.encode_padded(windows[used].to(dtype), per_window[used])
         return h[valid], audio_tokens(frames)
 
-    def answer_ids(self, text: str) -> list[int]:
-        answer = ANSWER_PREFIX + text if text else SILENCE_ANSWER
-        return self.tokenizer.encode(answer) + [self.end_id]
-
     def embed(self, rows: list[list[int]], audio: torch.Tensor) -> torch.Tensor:
         """(B, L) right-padded token rows -> input embeddings with the audio pads replaced by
         `audio`, the items' audio tokens end to end (N, hidden)."""
@@ -208,18 +222,6 @@ class Batcher:
         x = self.model.decoder.model.embed_tokens(ids)
         mask = ids == self.prompt.pad_id
         return x.masked_scatter(mask[..., None], audio.to(x.dtype))
-
-    def prepare(
-        self, waves: list[torch.Tensor], texts: list[str], snr_db: list[float] | None = None
-    ) -> Prepared:
-        """The CPU side of a training batch (padding, tokenizing): a trainer runs it for the
-        next batch while the device works on this one."""
-        return Prepared(
-            pad(waves, pin=torch.cuda.is_available()),
-            [self.answer_ids(t) for t in texts],
-            [self.tokenizer.encode(t) if t else [] for t in texts],
-            snr_db,
-        )
 
     def losses(self, batch: Prepared) -> dict[str, torch.Tensor]:
         """`ce`: mean cross entropy of the answers (transcript and end token), teacher forced;
@@ -272,7 +274,7 @@ class Batcher:
         )
 
     @torch.no_grad()
-    def transcribe(self, waves: list[torch.Tensor], max_new: int = 192) -> list[str]:
+    def transcribe(self, waves: list[np.ndarray], max_new: int = 192) -> list[str]:
         """Greedy decoding of a batch with the dense path (recomputes the whole prefix each
         token: simple, and cheap at these sizes). Returns the parsed transcripts."""
         audio, counts = self.audio(pad(waves), self.model.decoder.lm_head.weight.device)

@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,12 +30,12 @@ import torch
 from engine.models.qwen3_asr import Qwen3ASR
 from engine.tokenizer import Tokenizer
 from engine.weights import load_safetensors
-from train.data import Utterance, batches, load_manifests, prefetch, read_manifest
+from train.data import Utterance, load_manifests, read_manifest
 from train.export import export
+from train.feed import Feed, FeedConfig
 from train.make_data import normalize_text
 from train.model import Batcher, Prepared, build_model, config_json
-from train.synth import SynthStream
-from train.tokenizer import TOKENIZER_FILES, write_tokenizer
+from train.tokenizer import TOKENIZER_FILES
 from train.wer import wer
 
 CHECKPOINT = "checkpoint.pt"
@@ -128,25 +126,10 @@ def held_out_wer(batcher: Batcher, utts: list[Utterance], batch: int = 64) -> tu
     pairs = []
     for i in range(0, len(utts), batch):
         part = utts[i : i + batch]
-        hyps = batcher.transcribe([torch.from_numpy(u.audio) for u in part])
+        hyps = batcher.transcribe([u.audio for u in part])
         pairs += [(u.text, h) for u, h in zip(part, hyps, strict=True)]
     batcher.model.train()
     return wer(pairs), pairs
-
-
-def silence(rng: random.Random, seconds: float) -> Utterance:
-    """Noise without speech (its answer is `language None<asr_text>`), so that VAD false
-    starts do not make the model invent words."""
-    n = int(seconds * 16000)
-    level = 10 ** rng.uniform(-4, -1.5)
-    x = torch.randn(n, generator=torch.Generator().manual_seed(rng.randrange(2**31))) * level
-    return Utterance("silence", x.numpy(), "")
-
-
-def noise_levels(n: int, rng: random.Random) -> list[float]:
-    """On-the-fly augmentation on top of the generator's: white noise at 10-50 dB SNR on half
-    of the utterances, a different draw every epoch (added on the device by the Batcher)."""
-    return [rng.uniform(10, 50) if rng.random() < 0.5 else math.inf for _ in range(n)]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -182,114 +165,130 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    if not a.data and not a.synth_workers:
+        ap.error("give --data, --synth-workers or both")
     t_start = time.time()
-    deadline = t_start + a.minutes * 60
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    a.run.mkdir(parents=True, exist_ok=True)
-
-    resumed = (a.run / CHECKPOINT).exists()
-    state: dict = {}
-    if resumed:
-        model, config, state = load_checkpoint(a.run, a.device)
-        tokenizer = Tokenizer.from_folder(a.run / "tokenizer")
-        print(f"resumed at step {state['step']}", flush=True)
-    fixed = load_manifests([d / "train.jsonl" for d in a.data], a.limit) if a.data else []
-    heldout = load_manifests([a.heldout / "heldout.jsonl"], a.eval_utterances) if a.heldout else []
-    synth = None
     if a.synth_workers:
-        reserved = (
-            frozenset(normalize_text(r["text"]) for r in read_manifest(a.heldout / "heldout.jsonl"))
-            if a.heldout
-            else frozenset()
-        )
-        seed = a.seed * 1000 + state.get("runs", 0)  # each run makes other utterances
-        synth = SynthStream(a.synth_workers, seed, reserved, a.synth_hours)
         # With every core busy, an OpenMP team as wide as the machine waits on descheduled
         # threads at each CPU op of the step (measured: 10x slower steps on 16 cores).
         torch.set_num_threads(2)
-        synth.wait(a.synth_start)
-        print(f"synthesized {synth.hours:.2f} h in {time.time() - t_start:.0f} s", flush=True)
-    elif not fixed:
-        ap.error("give --data, --synth-workers or both")
+    a.run.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = a.run / "tokenizer"
 
-    def corpus() -> list[Utterance]:
-        return fixed + (list(synth.corpus) if synth else [])
-
-    train = corpus()
-    hours = sum(u.audio.size for u in train) / 16000 / 3600
-    print(f"data: {len(train)} utterances, {hours:.2f} h; held-out {len(heldout)}", flush=True)
-
-    if not resumed:
-        if a.init:
-            model, config, tokenizer = start_from(a.init, a.run / "tokenizer", a.device)
-        else:
-            tokenizer = write_tokenizer(a.run / "tokenizer", [u.text for u in train])
+    resumed = (a.run / CHECKPOINT).exists()
+    state: dict = {"step": 0, "train_seconds": 0.0, "epoch": 0, "runs": 0, "log": []}
+    if resumed:
+        model, config, state = load_checkpoint(a.run, a.device)
+        print(f"resumed at step {state['step']}", flush=True)
+    elif a.init:
+        model, config, _ = start_from(a.init, tokenizer_dir, a.device)
+        state["init"] = str(a.init)
+    heldout = load_manifests([a.heldout / "heldout.jsonl"], a.eval_utterances) if a.heldout else []
+    reserved = (
+        frozenset(normalize_text(r["text"]) for r in read_manifest(a.heldout / "heldout.jsonl"))
+        if a.heldout
+        else frozenset()
+    )
+    feed = Feed(
+        FeedConfig(
+            tokenizer_dir,
+            a.batch_seconds,
+            seed=a.seed * 1000 + state["epoch"],
+            data=tuple(a.data),
+            limit=a.limit,
+            synth_workers=a.synth_workers,
+            synth_seed=a.seed * 1000 + state["runs"],  # each run makes other utterances
+            synth_hours=a.synth_hours,
+            synth_start=a.synth_start,
+            reserved=reserved,
+        )
+    )
+    with feed:
+        c = feed.corpus
+        if a.synth_workers:
+            print(f"synthesized {c.synthesized_hours:.2f} h in {c.seconds:.0f} s", flush=True)
+        print(f"data: {c.utterances} utterances, {c.hours:.2f} h; held-out {len(heldout)}")
+        tokenizer = Tokenizer.from_folder(tokenizer_dir)  # the feed wrote it if it was new
+        if not resumed and not a.init:
             config = config_json(a.preset, tokenizer)
             model = build_model(config, a.device)
-        state = {"step": 0, "train_seconds": 0.0, "epoch": 0, "runs": 0, "log": []}
-        if a.init:
-            state["init"] = str(a.init)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"model: {params / 1e6:.2f} M parameters", flush=True)
-    optimizer = make_optimizer(model, a.lr)
-    if "optimizer" in state:
-        optimizer.load_state_dict(state.pop("optimizer"))
-    batcher = Batcher(model, tokenizer)
-    rng = random.Random(a.seed * 1000 + state["epoch"])
-    model.train()
+        params = sum(p.numel() for p in model.parameters())
+        print(f"model: {params / 1e6:.2f} M parameters", flush=True)
+        optimizer = make_optimizer(model, a.lr)
+        if "optimizer" in state:
+            optimizer.load_state_dict(state.pop("optimizer"))
+        batcher = Batcher(model, tokenizer)
+        model.train()
+        made, epochs = train(a, batcher, optimizer, feed, heldout, state, t_start, cuda)
+    state["synth_utterances"] = state.get("synth_utterances", 0) + made
+    state["epoch"] += epochs
+    state["runs"] += 1
+    evaluate(batcher, heldout, state)
+    save_checkpoint(a.run, model, config, optimizer, state)
+    size = export(model, config, tokenizer_dir, a.run / "model")
+    print(
+        f"saved step {state['step']}; model {size / 2**20:.2f} MiB; "
+        f"run {time.time() - t_start:.0f} s",
+        flush=True,
+    )
+    return state
 
-    def evaluate() -> None:
-        if heldout and not any(
-            e.get("heldout_wer") is not None and e["step"] == state["step"] for e in state["log"]
-        ):
-            score, pairs = held_out_wer(batcher, heldout)
-            state["log"].append({"step": state["step"], "heldout_wer": score})
-            print(f"step {state['step']}: held-out WER {score:.3f} on {len(pairs)}", flush=True)
-            for ref, hyp in pairs[:3]:
-                print(f"  ref: {ref}\n  hyp: {hyp}", flush=True)
 
-    # Keep enough time for the final evaluation, the checkpoint and the export.
+def evaluate(batcher: Batcher, heldout: list[Utterance], state: dict) -> None:
+    """Held-out greedy WER into the log, once per step."""
+    if heldout and not any(
+        e.get("heldout_wer") is not None and e["step"] == state["step"] for e in state["log"]
+    ):
+        score, pairs = held_out_wer(batcher, heldout)
+        state["log"].append({"step": state["step"], "heldout_wer": score})
+        print(f"step {state['step']}: held-out WER {score:.3f} on {len(pairs)}", flush=True)
+        for ref, hyp in pairs[:3]:
+            print(f"  ref: {ref}\n  hyp: {hyp}", flush=True)
+
+
+def train(
+    a: argparse.Namespace,
+    batcher: Batcher,
+    optimizer: torch.optim.Optimizer,
+    feed: Feed,
+    heldout: list[Utterance],
+    state: dict,
+    started: float,
+    cuda: bool,
+) -> tuple[int, int]:
+    """Steps on the feed's batches until the deadline (less the time the final evaluation,
+    checkpoint and export need) or --max-steps. Returns (utterances synthesized, epochs
+    begun) for the state."""
     reserve = 20.0 + (0.15 * len(heldout) if cuda else 1.0 * len(heldout))
-
-    def ready_batches() -> Iterator[tuple[list[Utterance], Prepared]]:
-        """Endless epochs of batches, made ready on the CPU (in the prefetch thread, which
-        alone draws from rng and touches the synthesized corpus)."""
-        while True:
-            for batch in batches(corpus(), a.batch_seconds, rng):
-                if synth:
-                    synth.refresh()
-                if rng.random() < 0.5:  # about 2% of utterances are silence
-                    batch = batch + [silence(rng, rng.uniform(0.5, 4.0))]
-                waves = [torch.from_numpy(u.audio) for u in batch]
-                texts = [u.text for u in batch]
-                yield batch, batcher.prepare(waves, texts, noise_levels(len(batch), rng))
-            state["epoch"] += 1
-
+    deadline = started + a.minutes * 60
+    device = batcher.model.decoder.lm_head.weight.device
     losses: list[list[float]] = []
+    made = epoch = 0
     waited = 0.0  # seconds the trainer waited for a batch since the last log line
     t0 = logged = time.time()  # training time runs from t0, data waits in, evaluations out
-    for batch, ready in prefetch(ready_batches(), depth=3):
+    for batch in feed:
         waited += time.time() - t0
+        made, epoch = batch.synthesized, batch.epoch
         if time.time() > deadline - reserve or state["step"] == a.max_steps:
             break
         progress = state["train_seconds"] / (a.total_minutes * 60)
         lr = lr_at(state["step"], progress, a.lr, a.warmup)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        parts, stepped = train_step(batcher, optimizer, ready, a.ctc_weight, device)
+        parts, stepped = train_step(batcher, optimizer, batch.ready, a.ctc_weight, device)
         state["train_seconds"] += time.time() - t0
         t0 = time.time()  # a skipped step's time is training time too, not a wait for data
         if not stepped:
             state["skipped"] = state.get("skipped", 0) + 1
-            seconds = [u.audio.size / 16000 for u in batch]
             print(
                 f"step {state['step']}: skipped, non-finite gradient (ce {parts['ce']:.3f}, "
-                f"ctc {parts['ctc']:.3f}; {len(batch)} utterances of "
-                f"{min(seconds):.2f}-{max(seconds):.2f} s)",
+                f"ctc {parts['ctc']:.3f}; {len(batch.ready.answers)} utterances of "
+                f"{batch.shortest:.2f}-{batch.longest:.2f} s)",
                 flush=True,
             )
             continue
@@ -302,26 +301,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"step {state['step']} loss {ce:.3f} ctc {ctc:.3f} lr {lr:.2e} "
                 f"progress {progress:.2f}; {1000 * span / len(losses):.0f} ms/step, "
-                f"{100 * waited / span:.0f}% waiting for data ({time.time() - t_start:.0f} s)",
+                f"{100 * waited / span:.0f}% waiting for data ({time.time() - started:.0f} s)",
                 flush=True,
             )
             losses, waited, logged = [], 0.0, time.time()
         if state["step"] % a.eval_every == 0:
-            evaluate()
+            evaluate(batcher, heldout, state)
             t0 = logged = time.time()
-    if synth:
-        state["synth_utterances"] = state.get("synth_utterances", 0) + synth.made
-        synth.close()
-    state["runs"] = state.get("runs", 0) + 1
-    evaluate()
-    save_checkpoint(a.run, model, config, optimizer, state)
-    size = export(model, config, a.run / "tokenizer", a.run / "model")
-    print(
-        f"saved step {state['step']}; model {size / 2**20:.2f} MiB; "
-        f"run {time.time() - t_start:.0f} s",
-        flush=True,
-    )
-    return state
+    return made, epoch + 1
 
 
 if __name__ == "__main__":
