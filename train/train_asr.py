@@ -12,6 +12,7 @@ runs), so runs of any length add up to one schedule. The loss is the answer's cr
 --ctc-weight times an auxiliary CTC loss on the audio tokens (train/model.py). Each run logs the
 train losses, measures greedy WER on held-out utterances every --eval-every steps and at its
 end, saves the checkpoint, and exports the model to RUN_DIR/model (the released layout, bf16).
+The batches (and the synthesized speech, --synth-workers) come from train/feed.py's process.
 
 On CUDA it trains under bf16 autocast with TF32 matmuls; on a CPU in float32 (the smoke run).
 """
@@ -212,7 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
         c = feed.corpus
         if a.synth_workers:
             print(f"synthesized {c.synthesized_hours:.2f} h in {c.seconds:.0f} s", flush=True)
-        print(f"data: {c.utterances} utterances, {c.hours:.2f} h; held-out {len(heldout)}")
+        print(
+            f"data: {c.utterances} utterances, {c.hours:.2f} h; held-out {len(heldout)}", flush=True
+        )
         tokenizer = Tokenizer.from_folder(tokenizer_dir)  # the feed wrote it if it was new
         if not resumed and not a.init:
             config = config_json(a.preset, tokenizer)
