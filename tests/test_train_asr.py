@@ -28,9 +28,9 @@ from engine.tokenizer import Tokenizer
 from tests.qwen3_golden import prompt_logits
 from tests.tiny_models import FIXTURES, qwen3_asr_audio
 from tests.tiny_models import build_qwen3_asr as build_checkpoint
-from train import augment, make_data
+from train import augment, make_data, texts
 from train.data import batches, load_manifests
-from train.evaluate import load_model, transcribe
+from train.evaluate import by_kind, load_model, transcribe
 from train.export import MAX_BYTES, export
 from train.feed import Feed, FeedConfig
 from train.model import Batcher, build_model, config_json, pad, prepare
@@ -347,6 +347,17 @@ def test_reverb_is_the_linear_convolution_with_the_room():
     want = np.convolve(x.astype(np.float64), h)[: x.size + h.size // 4]
     want *= np.abs(x).max() / np.abs(want).max()
     np.testing.assert_allclose(y, want, atol=1e-4)
+
+
+def test_demo_phrases_are_told_from_word_sequences():
+    said = texts.Sentences(tuple(texts.frequency_words()), seed=1)
+    assert all(texts.is_demo(said.demo()) for _ in range(300))
+    assert not any(texts.is_demo(said.word_sequence(6)) for _ in range(300))
+    kinds = by_kind([("Stop.", "Stop."), ("Apple tree.", "Apple three.")])
+    assert kinds == {
+        "demo phrases": {"wer": 0.0, "utterances": 1},
+        "word sequences": {"wer": 0.5, "utterances": 1},
+    }
 
 
 def test_draw_utterance_skips_reserved_sentences():

@@ -25,6 +25,7 @@ from engine.rollback import RollbackConfig
 from engine.runtime import Runtime
 from engine.streaming import Final, StreamOptions
 from train.data import Utterance, load_manifests
+from train.texts import is_demo
 from train.wer import wer
 
 
@@ -64,6 +65,15 @@ def load_model(path: Path, device: str, runtime: Runtime):
     return load(ModelSpec(str(path)), device=device, dtype=dtype, runtime=runtime)
 
 
+def by_kind(pairs: list[tuple[str, str]]) -> dict[str, dict]:
+    """WER of the demo phrases and of the word sequences apart: the sequences give the decoder
+    no context, so they are the harder part."""
+    kinds = {"demo phrases": [], "word sequences": []}
+    for ref, hyp in pairs:
+        kinds["demo phrases" if is_demo(ref) else "word sequences"].append((ref, hyp))
+    return {k: {"wer": wer(v), "utterances": len(v)} for k, v in kinds.items() if v}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", type=Path)
@@ -87,10 +97,15 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.time()
             pairs = asyncio.run(evaluate(model, utts, mode == "streaming", a.concurrency))
             seconds = time.time() - t0
-            results[mode] = {"wer": wer(pairs), "seconds": seconds, "pairs": pairs}
+            kinds = by_kind(pairs)
+            results[mode] = {"wer": wer(pairs), "by_kind": kinds, "seconds": seconds}
+            results[mode]["pairs"] = pairs
+            parts = ", ".join(
+                f"{k} {100 * v['wer']:.1f}% ({v['utterances']})" for k, v in kinds.items()
+            )
             print(
                 f"{mode}: WER {100 * wer(pairs):.2f}% on {len(pairs)} utterances "
-                f"({hours * 60:.1f} min of audio) in {seconds:.1f} s",
+                f"({hours * 60:.1f} min of audio) in {seconds:.1f} s; {parts}",
                 flush=True,
             )
             for ref, hyp in pairs[: a.show]:

@@ -134,6 +134,17 @@ def year_words(y: int) -> str:
     return f"{number_words(hi)} " + (number_words(lo) if lo >= 10 else f"oh {ONES[lo]}")
 
 
+# The templates as patterns, every field any text: they tell demo phrases from word sequences.
+DEMO_PATTERNS = [
+    re.compile(".+".join(re.escape(part) for part in re.split(r"\{\w+\}", t))) for t in TEMPLATES
+]
+
+
+def is_demo(text: str) -> bool:
+    """Whether a sentence is a demo phrase (a filled-in template) rather than a word sequence."""
+    return any(p.fullmatch(text) for p in DEMO_PATTERNS)
+
+
 class Sentences:
     """Seeded sentence source. `words` is a frequency-ordered word list (most frequent first)."""
 
