@@ -7,6 +7,8 @@ import itertools
 import json
 import random
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -203,6 +205,37 @@ def test_the_feed_process_hands_over_every_utterance_each_epoch(clips, tmp_path)
                 assert not ready.waves.x[i, n:].any()
     assert {e: sorted(t) for e, t in seen.items()} == {e: sorted(want) for e in range(3)}
     assert not feed._process.is_alive()
+
+
+def test_the_feed_process_ends_when_its_trainer_is_killed(clips, tmp_path):
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from train.feed import Feed, FeedConfig\n"
+            f"feed = Feed(FeedConfig(Path({str(tmp_path / 'tok')!r}), 30, 0, "
+            f"data=(Path({str(clips)!r}),), depth=1))\n"
+            "print(feed._process.pid, flush=True)\n"
+            "time.sleep(120)\n"
+        )],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    child = int(trainer.stdout.readline())
+    assert running(child)  # waiting on its full queue
+    trainer.kill()
+    trainer.wait()
+    deadline = time.time() + 30
+    while running(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not running(child)
+
+
+def running(pid: int) -> bool:
+    """Whether the process exists and has not exited (a zombie has: its parent is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_a_failure_in_the_feed_process_is_raised_in_the_trainer(tmp_path):

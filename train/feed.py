@@ -17,6 +17,7 @@ batch over through a queue with its waveforms in shared memory.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import random
 import time
@@ -81,9 +82,8 @@ class Feed:
         ctx = mp.get_context("spawn")
         self._queue = ctx.Queue(config.depth)
         self._stop = ctx.Event()
-        self._process = ctx.Process(
-            target=_run, args=(config, self._queue, self._stop), name="feed"
-        )
+        outbox = _Outbox(self._queue, self._stop, os.getpid())
+        self._process = ctx.Process(target=_run, args=(config, outbox), name="feed")
         self._process.start()
         try:
             self.corpus: Corpus = self._get()
@@ -146,25 +146,33 @@ def noise_levels(n: int, rng: random.Random) -> list[float]:
     return [rng.uniform(10, 50) if rng.random() < 0.5 else math.inf for _ in range(n)]
 
 
-def _run(config: FeedConfig, out: mp.Queue, stop) -> None:
+class _Outbox:
+    """The child's end of the queue."""
+
+    def __init__(self, channel: mp.Queue, stop, trainer: int) -> None:
+        self.channel, self.stop, self.trainer = channel, stop, trainer
+
+    def put(self, item: object) -> bool:
+        """Puts item unless the trainer has asked to stop or is gone (killed: this process
+        would otherwise wait on a full queue forever, its synthesis workers with it)."""
+        while not self.stop.is_set() and os.getppid() == self.trainer:
+            try:
+                self.channel.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+
+def _run(config: FeedConfig, out: _Outbox) -> None:
     torch.set_num_threads(1)
     try:
-        _feed(config, out, stop)
+        _feed(config, out)
     except BaseException:  # handed to the trainer, which raises it
-        _put(out, stop, _Failure(traceback.format_exc()))
+        out.put(_Failure(traceback.format_exc()))
 
 
-def _put(out: mp.Queue, stop, item: object) -> bool:
-    while not stop.is_set():
-        try:
-            out.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            pass
-    return False
-
-
-def _feed(config: FeedConfig, out: mp.Queue, stop) -> None:
+def _feed(config: FeedConfig, out: _Outbox) -> None:
     t0 = time.time()
     paths = [d / "train.jsonl" for d in config.data]
     fixed = load_manifests(paths, config.limit) if paths else []
@@ -185,7 +193,7 @@ def _feed(config: FeedConfig, out: mp.Queue, stop) -> None:
             write_tokenizer(config.tokenizer, [u.text for u in utts])
         tokenizer = Tokenizer.from_folder(config.tokenizer)
         hours = sum(u.audio.size for u in utts) / RATE / 3600
-        _put(out, stop, Corpus(len(utts), hours, synth.hours if synth else 0.0, time.time() - t0))
+        out.put(Corpus(len(utts), hours, synth.hours if synth else 0.0, time.time() - t0))
         epoch = 0
         while True:
             rng = random.Random(config.seed + epoch)
@@ -202,7 +210,7 @@ def _feed(config: FeedConfig, out: mp.Queue, stop) -> None:
                     noise_levels(len(batch), rng),
                 )
                 made = synth.made if synth else 0
-                if not _put(out, stop, Batch(ready, epoch, made, min(seconds), max(seconds))):
+                if not out.put(Batch(ready, epoch, made, min(seconds), max(seconds))):
                     return
             epoch += 1
     finally:
