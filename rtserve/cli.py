@@ -148,6 +148,14 @@ def parser() -> argparse.ArgumentParser:
     k = work.add_parser("kernels", help="attention kernels: TB/s and TFLOP/s vs FA4 and limits")
     k.add_argument("--block-size", type=int, default=16, help="KV cache page, tokens")
     k.add_argument("--repeats", type=int, default=20)
+    k.add_argument(
+        "--decode-cases", type=_shapes, help="BxCONTEXT,... (default: the documented table)"
+    )
+    k.add_argument(
+        "--prefill-cases",
+        type=_shapes,
+        help="BxLENGTH,...: small ones show each backend's per-call host cost",
+    )
     k.add_argument("--out", type=Path, default=Path("bench/results"))
     _bench_asr_flags(work)
     return p
@@ -242,6 +250,14 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(","))
 
 
+def _shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """`8x4096,2x16384` -> ((8, 4096), (2, 16384))."""
+    try:
+        return tuple((int(b), int(n)) for b, n in (x.split("x") for x in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BxN,... (like 8x4096), not {text!r}") from None
+
+
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(","))
 
@@ -296,7 +312,13 @@ def bench(a: argparse.Namespace) -> int:
     if a.workload == "kernels":
         from engine.bench import kernels
 
-        result = kernels.run(kernels.KernelsBench(repeats=a.repeats, block_size=a.block_size))
+        cases = {"decode_cases": a.decode_cases, "prefill_cases": a.prefill_cases}
+        b = kernels.KernelsBench(
+            repeats=a.repeats,
+            block_size=a.block_size,
+            **{k: v for k, v in cases.items() if v is not None},
+        )
+        result = kernels.run(b)
         print(kernels.summarize(result, a.out, "kernels"))
         return 0
     from engine.bench import chat
