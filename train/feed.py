@@ -152,10 +152,14 @@ class _Outbox:
     def __init__(self, channel: mp.Queue, stop, trainer: int) -> None:
         self.channel, self.stop, self.trainer = channel, stop, trainer
 
+    def closed(self) -> bool:
+        """Whether the trainer has asked to stop or is gone (killed: this process would
+        otherwise wait on a full queue forever, its synthesis workers with it)."""
+        return self.stop.is_set() or os.getppid() != self.trainer
+
     def put(self, item: object) -> bool:
-        """Puts item unless the trainer has asked to stop or is gone (killed: this process
-        would otherwise wait on a full queue forever, its synthesis workers with it)."""
-        while not self.stop.is_set() and os.getppid() == self.trainer:
+        """Puts item unless the outbox is closed (then False)."""
+        while not self.closed():
             try:
                 self.channel.put(item, timeout=0.1)
                 return True
@@ -183,7 +187,9 @@ def _feed(config: FeedConfig, out: _Outbox) -> None:
         )
     try:
         if synth:
-            synth.wait(config.synth_start)
+            synth.wait(config.synth_start, until=out.closed)
+        if out.closed():  # before a tokenizer is made from a corpus cut short
+            return
 
         def corpus() -> list[Utterance]:
             return fixed + (list(synth.corpus) if synth else [])

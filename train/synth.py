@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -108,9 +109,12 @@ class SynthStream:
     def hours(self) -> float:
         return self.samples / RATE / 3600
 
-    def wait(self, hours: float, poll: float = 0.5) -> None:
+    def wait(
+        self, hours: float, poll: float = 0.5, until: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Blocks until the corpus holds `hours` of audio, or `until()` is true."""
         self.refresh()
-        while self.hours < hours:
+        while self.hours < hours and not until():
             time.sleep(poll)
             self.refresh()
 
