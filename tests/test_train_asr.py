@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ from train import augment, make_data, texts
 from train.data import batches, load_manifests
 from train.evaluate import by_kind, load_model, transcribe
 from train.export import MAX_BYTES, export
-from train.feed import Feed, FeedConfig
+from train.feed import Feed, FeedConfig, Outbox
 from train.model import Batcher, build_model, config_json, pad, prepare
 from train.synth import SynthStream
 from train.tokenizer import ANSWER_PREFIX, write_tokenizer
@@ -212,7 +213,7 @@ def test_the_feed_process_ends_when_its_trainer_is_killed(clips, tmp_path):
         [sys.executable, "-c", (
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from train.feed import Feed, FeedConfig\n"
+            "from train.feed import Feed, FeedConfig, Outbox\n"
             f"feed = Feed(FeedConfig(Path({str(tmp_path / 'tok')!r}), 30, 0, "
             f"data=(Path({str(clips)!r}),), depth=1))\n"
             "print(feed._process.pid, flush=True)\n"
@@ -228,6 +229,27 @@ def test_the_feed_process_ends_when_its_trainer_is_killed(clips, tmp_path):
     while running(child) and time.time() < deadline:
         time.sleep(0.1)
     assert not running(child)
+
+
+def fill_and_leave(channel, stop, trainer: int) -> None:
+    """A feed's exit with its queue unread: more than a pipe holds is put, then it stops."""
+    out = Outbox(channel, stop, trainer)
+    for _ in range(8):
+        channel.put(b"x" * 200_000)
+    stop.set()
+    out.leave()
+
+
+def test_a_stopped_feed_exits_though_nobody_reads_its_queue():
+    ctx = torch.multiprocessing.get_context("spawn")
+    channel, stop = ctx.Queue(), ctx.Event()
+    child = ctx.Process(target=fill_and_leave, args=(channel, stop, os.getpid()))
+    child.start()
+    child.join(20)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung
 
 
 def running(pid: int) -> bool:

@@ -82,7 +82,7 @@ class Feed:
         ctx = mp.get_context("spawn")
         self._queue = ctx.Queue(config.depth)
         self._stop = ctx.Event()
-        outbox = _Outbox(self._queue, self._stop, os.getpid())
+        outbox = Outbox(self._queue, self._stop, os.getpid())
         self._process = ctx.Process(target=_run, args=(config, outbox), name="feed")
         self._process.start()
         try:
@@ -146,7 +146,7 @@ def noise_levels(n: int, rng: random.Random) -> list[float]:
     return [rng.uniform(10, 50) if rng.random() < 0.5 else math.inf for _ in range(n)]
 
 
-class _Outbox:
+class Outbox:
     """The child's end of the queue."""
 
     def __init__(self, channel: mp.Queue, stop, trainer: int) -> None:
@@ -156,6 +156,12 @@ class _Outbox:
         """Whether the trainer has asked to stop or is gone (killed: this process would
         otherwise wait on a full queue forever, its synthesis workers with it)."""
         return self.stop.is_set() or os.getppid() != self.trainer
+
+    def leave(self) -> None:
+        """At the child's exit. With the trainer stopped or gone nobody reads the queue any
+        more, and its writer thread, blocked on a full pipe, must not hold the exit."""
+        if self.closed():
+            self.channel.cancel_join_thread()
 
     def put(self, item: object) -> bool:
         """Puts item unless the outbox is closed (then False)."""
@@ -168,15 +174,17 @@ class _Outbox:
         return False
 
 
-def _run(config: FeedConfig, out: _Outbox) -> None:
+def _run(config: FeedConfig, out: Outbox) -> None:
     torch.set_num_threads(1)
     try:
         _feed(config, out)
     except BaseException:  # handed to the trainer, which raises it
         out.put(_Failure(traceback.format_exc()))
+    finally:
+        out.leave()
 
 
-def _feed(config: FeedConfig, out: _Outbox) -> None:
+def _feed(config: FeedConfig, out: Outbox) -> None:
     t0 = time.time()
     paths = [d / "train.jsonl" for d in config.data]
     fixed = load_manifests(paths, config.limit) if paths else []
