@@ -140,7 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
         "--synth-workers", type=int, default=0, help="processes making fresh speech (0: none)"
     )
     ap.add_argument(
-        "--synth-hours", type=float, default=100.0, help="newest synthesized audio kept"
+        "--synth-hours",
+        type=float,
+        default=100.0,
+        help="newest synthesized audio kept (float16 in memory: 100 h is 11.5 GB)",
     )
     ap.add_argument("--synth-start", type=float, default=5.0, help="hours made before step 1")
     ap.add_argument("--heldout", type=Path, help="folder with heldout.jsonl")
