@@ -97,14 +97,18 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.time()
             pairs = asyncio.run(evaluate(model, utts, mode == "streaming", a.concurrency))
             seconds = time.time() - t0
-            kinds = by_kind(pairs)
-            results[mode] = {"wer": wer(pairs), "by_kind": kinds, "seconds": seconds}
-            results[mode]["pairs"] = pairs
+            score, kinds = wer(pairs), by_kind(pairs)
+            results[mode] = {
+                "wer": score,
+                "by_kind": kinds,
+                "seconds": seconds,
+                "pairs": pairs,
+            }
             parts = ", ".join(
                 f"{k} {100 * v['wer']:.1f}% ({v['utterances']})" for k, v in kinds.items()
             )
             print(
-                f"{mode}: WER {100 * wer(pairs):.2f}% on {len(pairs)} utterances "
+                f"{mode}: WER {100 * score:.2f}% on {len(pairs)} utterances "
                 f"({hours * 60:.1f} min of audio) in {seconds:.1f} s; {parts}",
                 flush=True,
             )
