@@ -1,19 +1,24 @@
 """Where an ASR workload's time goes: `rtserve bench asr`'s capacity workload (N live streams)
-or its offline one (clips at once) under torch.profiler, the runtime thread's phases labelled.
+or its offline one (clips at once), the runtime thread's phases timed on the wall clock.
 
-    python bench/profile_asr.py --shape qwen3-asr-0.6b --streams 64 --duration 8 [--out DIR]
-    python bench/profile_asr.py --shape qwen3-asr-0.6b --offline 128
+    python bench/profile_asr.py --shape qwen3-asr-0.6b --streams 64 256 --duration 8
+    python bench/profile_asr.py --shape qwen3-asr-0.6b --offline 128 [--ops]
 
-Random weights in a bench shape (or `--model DIR`), warmed up as the bench does; the workload
-runs once plainly (its result row), then once profiled. Prints:
+Random weights in a bench shape (or `--model DIR`), warmed up as the bench does; each workload
+runs once unmeasured at its size (compiles and caches for its shapes), then once timed. Prints
+the bench's row and:
 
-- the phases of the runtime thread (host time and calls): the log-mel of the due windows
-  (`raw_mels`), the batched encoder call, the prompts' submission, the engine step, and the
-  worker's whole step (which holds the others);
-- the device's busy share (the union of kernel time over the profiled wall time);
-- the top operators by device time and by host time.
+- the runtime thread's phases, wall time and calls: the log-mel of the due windows (`log_mel`),
+  the batched encoder call (`encoder`), the prompts' submission (`submit`), engine steps replayed
+  from a decode CUDA graph and those run eagerly (a step that computes prompt tokens), with
+  their mean batch; and the thread's busy share (its `step` calls over the wall time);
+- each ASR request's life: submitted -> first token (waiting for a step that takes prompts, and
+  the prefill) -> last token (the decode), p50/p95.
 
-With `--out`, the Chrome trace goes there too (open it in Perfetto).
+A step's host time includes its wait for the device (the engine reads the sampled tokens back),
+so a busy share near 100% means the thread never waits for work: the workload is bound by the
+steps' time, host and device together. `--ops` adds a torch.profiler run and its top operators
+by device and host time (`--out`: the Chrome trace).
 """
 
 from __future__ import annotations
@@ -22,68 +27,105 @@ import argparse
 import asyncio
 import functools
 import time
-from dataclasses import replace
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile
 
 from engine import rollback
 from engine.bench import synthetic
 from engine.bench.asr import AsrBench, _warm_up, clip_offsets, load_system, offline
 from engine.bench.live import capacity
 
-PHASES = ("asr.log_mel", "asr.encoder", "asr.submit", "engine.step", "asr.step")
+
+@dataclass
+class Clock:
+    """Wall time and calls per phase, and each request's times (submitted, first, last token)."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # batch sizes
+    requests: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, phase: str, seconds: float, rows: int = 0) -> None:
+        self.seconds[phase] += seconds
+        self.calls[phase] += 1
+        self.rows[phase] += rows
 
 
-def labelled(obj: object, name: str, label: str) -> None:
-    """Wraps obj.name so that each call shows up in the profile as `label`."""
+def timed(clock: Clock, obj: object, name: str, phase: str) -> None:
+    """Wraps obj.name so that each call's wall time counts towards `phase`."""
     fn = getattr(obj, name)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with record_function(label):
+        t0 = time.perf_counter()
+        try:
             return fn(*args, **kwargs)
+        finally:
+            clock.add(phase, time.perf_counter() - t0)
 
     setattr(obj, name, wrapper)
 
 
-def label_phases(system) -> None:
-    worker = system.worker
-    labelled(rollback, "raw_mels", "asr.log_mel")  # looked up in the module at each call
-    labelled(worker.model.encoder, "encode_windows", "asr.encoder")
-    labelled(worker.engine, "add", "asr.submit")
-    labelled(worker.engine, "step", "engine.step")
-    labelled(worker, "step", "asr.step")
+def instrument(system, clock: Clock) -> None:
+    worker, engine = system.worker, system.worker.engine
+    timed(clock, rollback, "raw_mels", "log_mel")  # looked up in the module at each call
+    timed(clock, worker.model.encoder, "encode_windows", "encoder")
+    timed(clock, worker, "step", "thread busy")
+    add, step, runner = engine.add, engine.step, engine.runner
+
+    def submit(*args, **kwargs):
+        t0 = time.perf_counter()
+        req = add(*args, **kwargs)
+        clock.add("submit", time.perf_counter() - t0)
+        clock.requests[req.id] = [t0]
+        return req
+
+    def engine_step():
+        graphs = runner.graph_steps
+        t0 = time.perf_counter()
+        outputs = step()
+        now = time.perf_counter()
+        kind = "step, graph" if runner.graph_steps > graphs else "step, eager"
+        clock.add(kind, now - t0, len(outputs))
+        for out in outputs:
+            times = clock.requests.get(out.request_id)
+            if times is not None and (len(times) == 1 or out.finished):
+                times.append(now)
+        return outputs
+
+    engine.add, engine.step = submit, engine_step
 
 
-def busy_share(prof: profile, wall_us: float) -> float:
-    """The share of the wall time with at least one kernel or copy running (overlaps counted
-    once). The device-side spans of record_function labels are not work: left out."""
-    spans = sorted(
-        (e.time_range.start, e.time_range.end)
-        for e in prof.events()
-        if e.device_type == torch.autograd.DeviceType.CUDA
-        and not e.is_user_annotation
-        and e.time_range.end > 0
-    )
-    busy, end = 0, -1
-    for a, b in spans:
-        if b <= end:
+def report(clock: Clock, wall: float) -> str:
+    lines = [f"runtime thread over {wall:.1f} s of wall time:"]
+    header = ("phase", "calls", "wall ms", "share", "ms/call", "batch")
+    lines.append("{:<12} {:>7} {:>9} {:>6} {:>8} {:>6}".format(*header))
+    order = ("log_mel", "encoder", "submit", "step, graph", "step, eager", "thread busy")
+    for name in order:
+        n = clock.calls.get(name, 0)
+        if not n:
             continue
-        busy += b - max(a, end)
-        end = b
-    return busy / wall_us if wall_us else 0.0
-
-
-def phase_table(prof: profile) -> str:
-    rows = {e.key: e for e in prof.key_averages() if e.key in PHASES}
-    lines = [f"{'phase':<14} {'calls':>7} {'host ms':>10} {'ms/call':>9}"]
-    for name in PHASES:
-        e = rows.get(name)
-        if e is not None:
-            total = e.cpu_time_total / 1000
-            lines.append(f"{name:<14} {e.count:>7} {total:>10.1f} {total / e.count:>9.3f}")
+        ms = 1000 * clock.seconds[name]
+        batch = f"{clock.rows[name] / n:6.1f}" if name.startswith("step") else ""
+        lines.append(
+            f"{name:<12} {n:>7} {ms:>9.0f} {ms / 10 / wall:>5.0f}% {ms / n:>8.2f} {batch:>6}"
+        )
+    done = [t for t in clock.requests.values() if len(t) == 3]
+    if done:
+        t = np.array(done)
+        lines.append(f"\n{len(done)} requests, ms (p50 / p95):")
+        for label, ms in (
+            ("submitted -> first token", 1000 * (t[:, 1] - t[:, 0])),
+            ("first -> last token", 1000 * (t[:, 2] - t[:, 1])),
+            ("submitted -> last token", 1000 * (t[:, 2] - t[:, 0])),
+        ):
+            p50, p95 = np.percentile(ms, [50, 95])
+            lines.append(f"  {label:<26} {p50:7.1f} / {p95:7.1f}")
     return "\n".join(lines)
 
 
@@ -91,53 +133,67 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="qwen3-asr-0.6b")
     ap.add_argument("--model", type=Path, help="a checkpoint folder instead of random weights")
-    ap.add_argument("--streams", type=int, default=64)
+    ap.add_argument("--streams", type=int, nargs="+", default=[64])
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of live audio")
-    ap.add_argument("--offline", type=int, metavar="C", help="profile C clips at once instead")
+    ap.add_argument("--offline", type=int, metavar="C", help="C clips at once instead")
+    ap.add_argument("--performance-mode", default="balanced")
+    ap.add_argument("--prefill-interval", type=int, help="the scheduler's, instead of the config's")
+    ap.add_argument("--ops", action="store_true", help="also a torch.profiler run: top operators")
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--out", type=Path, help="folder for the Chrome trace")
+    ap.add_argument("--out", type=Path, help="folder for the Chrome trace (with --ops)")
     a = ap.parse_args()
 
-    b = AsrBench(shape=a.shape, model=a.model, duration=a.duration, streams=(a.streams,))
-    if a.offline:
-        b = replace(b, concurrency=a.offline)
+    b = AsrBench(
+        shape=a.shape, model=a.model, duration=a.duration, performance_mode=a.performance_mode
+    )
+    sizes = [a.offline] if a.offline else a.streams
     torch.manual_seed(b.seed)
     signal = synthetic.speech_like(b.signal_seconds(), b.seed)
     system = load_system(b)
+    if a.prefill_interval:
+        system.worker.engine.scheduler.prefill_interval = a.prefill_interval
+    clock = Clock()
 
-    def workload() -> dict:
+    def workload(n: int) -> dict:
         if a.offline:
-            return asyncio.run(offline(system, b, signal, clip_offsets(b, signal)))
-        return asyncio.run(capacity(system, b, signal, a.streams))
+            bn = replace(b, concurrency=n)
+            return asyncio.run(offline(system, bn, signal, clip_offsets(bn, signal)))
+        return asyncio.run(capacity(system, b, signal, n))
 
     try:
         asyncio.run(_warm_up(system, signal))
-        row = workload()
-        print("plain run:", {k: v for k, v in row.items() if not isinstance(v, list)})
-        label_phases(system)
-        activities = [ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            activities.append(ProfilerActivity.CUDA)
-        # the model's work runs on the runtime thread, which exists before the profiler starts
-        everywhere = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
-        with profile(activities=activities, experimental_config=everywhere) as prof:
+        instrument(system, clock)
+        for n in sizes:
+            workload(n)  # unmeasured: compiles and caches for this size's shapes
+            clock.__init__()
             t0 = time.perf_counter()
-            row = workload()
-            wall_us = (time.perf_counter() - t0) * 1e6
-        print("profiled run:", {k: v for k, v in row.items() if not isinstance(v, list)})
+            row = workload(n)
+            wall = time.perf_counter() - t0
+            print(f"\n== {n} {'clips' if a.offline else 'streams'}")
+            print({k: v for k, v in row.items() if not isinstance(v, list)})
+            print(report(clock, wall))
+        if a.ops:
+            profile_ops(a, lambda: workload(sizes[-1]))
     finally:
         system.close()
 
-    print(f"\nruntime thread phases over {wall_us / 1e6:.1f} s of wall time:")
-    print(phase_table(prof))
+
+def profile_ops(a: argparse.Namespace, workload) -> None:
+    """The top operators of one more run under torch.profiler (kernels replayed inside a CUDA
+    graph are not listed one by one)."""
+    activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
-        print(f"\ndevice busy {100 * busy_share(prof, wall_us):.0f}% of the wall time")
+        activities.append(ProfilerActivity.CUDA)
+    # the model's work runs on the runtime thread, which exists before the profiler starts
+    everywhere = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+    with profile(activities=activities, experimental_config=everywhere) as prof:
+        workload()
+    if torch.cuda.is_available():
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.top))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.top))
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
-        name = f"offline-{a.offline}" if a.offline else f"live-{a.streams}"
-        prof.export_chrome_trace(str(a.out / f"asr-{name}.trace.json"))
+        prof.export_chrome_trace(str(a.out / "asr.trace.json"))
 
 
 if __name__ == "__main__":

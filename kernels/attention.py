@@ -80,23 +80,39 @@ def store_kv(
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
 
 
+LONG_PREFILL = 2048  # query rows from which the prefill backend beats the short one
+
+
 class PhaseAttention:
     """Decode-only batches to one backend, batches with prefill rows to another.
 
     Decode is bound by reading the KV cache and prefill by tensor-core throughput, and the best
     kernel for one is not the best for the other: on the H200 our split-KV Triton decode reads
     the cache at 4.2 TB/s where FlashAttention-4 (no split-KV on sm_90) reaches 4.0, while the
-    FlashAttention kernels lead at prefill. A decode batch whose shape the decode backend does
-    not take (its `supports`) goes to the prefill backend.
+    FlashAttention kernels lead at long prefills. A decode batch whose shape the decode backend
+    does not take (its `supports`) goes to the prefill backend.
+
+    Prefill batches whose longest row is under `long_from` tokens go to `short` when one is
+    given: there a call's fixed cost counts, not its throughput. On the H200 our Triton kernel
+    took 96 us for one 192-token prompt, 150 us for one of 1,280 and 209 us for 32 of 256, where
+    FA4 took 196, 205 and 285 us; FA4 leads from 2,048-token rows on (docs/benchmarks.md).
     """
 
-    def __init__(self, decode: AttentionBackend, prefill: AttentionBackend) -> None:
-        self.decode, self.prefill = decode, prefill
+    def __init__(
+        self,
+        decode: AttentionBackend,
+        prefill: AttentionBackend,
+        short: AttentionBackend | None = None,
+        long_from: int = LONG_PREFILL,
+    ) -> None:
+        self.decode, self.prefill, self.short, self.long_from = decode, prefill, short, long_from
         self.name = f"{decode.name}+{prefill.name}"
 
     def __call__(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         if meta.is_decode:
             return decode_backend(self, q, k_cache)(q, k_cache, v_cache, meta, scale)
+        if self.short is not None and meta.max_seqlen_q < self.long_from:
+            return self.short(q, k_cache, v_cache, meta, scale)
         return self.prefill(q, k_cache, v_cache, meta, scale)
 
 
@@ -111,7 +127,10 @@ def decode_backend(attn: AttentionBackend, q: torch.Tensor, k_cache: torch.Tenso
 def phases(attn: AttentionBackend) -> dict[str, str]:
     """The backend each phase runs on, for logs and benchmark records."""
     if isinstance(attn, PhaseAttention):
-        return {"decode": attn.decode.name, "prefill": attn.prefill.name}
+        named = {"decode": attn.decode.name, "prefill": attn.prefill.name}
+        if attn.short is not None:
+            named[f"prefill under {attn.long_from}"] = attn.short.name
+        return named
     return {"decode": attn.name, "prefill": attn.name}
 
 
@@ -121,9 +140,9 @@ BACKENDS = ("auto", "sdpa", "torch-varlen", "triton-paged", "fa4")
 def backend(name: str | None = None, device: str = "cpu") -> AttentionBackend:
     """The backend called `name`, or ("auto", None) the best one available on `device`.
 
-    On CUDA the best is our Triton split-KV kernel for decode, and for prefill
-    FlashAttention-4 where it is installed and works on this GPU (sm_90 or newer), else
-    torch's FlashAttention-2 varlen kernel. On CPU it is SDPA.
+    On CUDA the best is our Triton split-KV kernel for decode and for short prefills, and for
+    long prefills FlashAttention-4 where it is installed and works on this GPU (sm_90 or newer),
+    else torch's FlashAttention-2 varlen kernel. On CPU it is SDPA.
     """
     from kernels.sdpa import SdpaAttention
 
@@ -163,4 +182,5 @@ def _best_cuda(device: str) -> AttentionBackend:
     if reason:
         log.info("FlashAttention-4 not used: %s", reason)
     prefill = VarlenAttention() if reason else FlashAttention4()
-    return PhaseAttention(decode=TritonPagedAttention(), prefill=prefill)
+    ours = TritonPagedAttention()
+    return PhaseAttention(decode=ours, prefill=prefill, short=ours)

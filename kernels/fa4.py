@@ -2,14 +2,18 @@
 
 FA4 reads our cache as it is: pages of (block_size, H_kv, D), one page table row per sequence,
 lengths in `seqused_k`, causal masking aligned at the end, GQA native. It is a CuTe-DSL kernel
-for sm_90 and newer, compiled on first use of each shape (2-4 s on the H200, then cached).
-There is no CPU path and no float32 kernel; float32 goes to SDPA. The package is the optional
-extra `rtserve[gpu]`; `fa4_unavailable` says why it cannot be used here, if it cannot.
+for sm_90 and newer, compiled on first use of each kernel variant (2-4 s on the H200). The
+compiled kernels are kept on disk (`compile_cache`), so that a machine compiles each variant
+once, not every server start. There is no CPU path and no float32 kernel; float32 goes to
+SDPA. The package is the optional extra `rtserve[gpu]`; `fa4_unavailable` says why it cannot be
+used here, if it cannot.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
 import torch
 
@@ -17,6 +21,17 @@ from kernels.attention import AttentionMetadata
 from kernels.sdpa import SdpaAttention
 
 MIN_CAPABILITY = (9, 0)
+CACHE_ENABLED = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"
+CACHE_DIR = "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"
+
+
+def compile_cache() -> None:
+    """Turns on FA4's on-disk cache of compiled kernels, in `$XDG_CACHE_HOME/rtserve/fa4`
+    (~/.cache by default), unless the environment already says otherwise. FA4 reads these
+    variables when it is first imported: call this before."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    os.environ.setdefault(CACHE_ENABLED, "1")
+    os.environ.setdefault(CACHE_DIR, str(root / "rtserve" / "fa4"))
 
 
 @functools.cache
@@ -51,6 +66,7 @@ def fa4_unavailable(device: str | torch.device) -> str | None:
     dev = torch.device(device)
     if dev.type != "cuda":
         return "it runs on CUDA devices only"
+    compile_cache()
     try:
         import flash_attn.cute  # noqa: F401
     except Exception as e:  # noqa: BLE001 - ImportError, or a native library that fails to load
@@ -67,6 +83,7 @@ class FlashAttention4:
     graph_safe = True  # sync-free with host bounds on the lengths
 
     def __init__(self) -> None:
+        compile_cache()
         from flash_attn.cute import flash_attn_varlen_func
 
         self._varlen = flash_attn_varlen_func

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
+from kernels import fa4
 from kernels.attention import AttentionMetadata, backend, store_kv
 
 
@@ -81,3 +84,16 @@ def test_kv_gather_lists_every_sequence_in_order():
     assert cu_k.tolist() == [0, 7, 20, 21, 43]
     gathered = k_cache.view(-1, *k_cache.shape[2:])[slots]
     torch.testing.assert_close(gathered, torch.cat(ks))
+
+
+def test_fa4_keeps_its_compiled_kernels_on_disk_unless_told_otherwise(monkeypatch, tmp_path):
+    monkeypatch.delenv(fa4.CACHE_ENABLED, raising=False)
+    monkeypatch.delenv(fa4.CACHE_DIR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fa4.compile_cache()
+    assert os.environ[fa4.CACHE_ENABLED] == "1"
+    assert os.environ[fa4.CACHE_DIR] == str(tmp_path / "rtserve" / "fa4")
+    monkeypatch.setenv(fa4.CACHE_ENABLED, "0")
+    monkeypatch.setenv(fa4.CACHE_DIR, "/elsewhere")
+    fa4.compile_cache()
+    assert (os.environ[fa4.CACHE_ENABLED], os.environ[fa4.CACHE_DIR]) == ("0", "/elsewhere")

@@ -121,6 +121,22 @@ def test_phase_attention_routes_by_phase():
     assert attn.name == "d+p"
 
 
+def test_phase_attention_sends_short_prefills_to_the_short_backend():
+    decode, prefill, short = Recording("d"), Recording("p"), Recording("s")
+    attn = PhaseAttention(decode, prefill, short=short, long_from=4)
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(8, 4, 1, 16, generator=g)
+    v = torch.randn(8, 4, 1, 16, generator=g)
+    calls = lambda: (decode.calls, short.calls, prefill.calls)  # noqa: E731
+    attn(torch.randn(5, 2, 16, generator=g), k, v, _meta([3, 2], [5, 3], 4), 0.25)
+    assert calls() == (0, 1, 0)  # the longest row, 3 tokens, is under 4
+    attn(torch.randn(5, 2, 16, generator=g), k, v, _meta([4, 1], [6, 3], 4), 0.25)
+    assert calls() == (0, 1, 1)
+    attn(torch.randn(2, 2, 16, generator=g), k, v, _meta([1, 1], [5, 3], 4), 0.25)
+    assert calls() == (1, 1, 1)
+    assert phases(attn) == {"decode": "d", "prefill": "p", "prefill under 4": "s"}
+
+
 def test_phase_attention_sends_unsupported_decode_to_prefill():
     class Picky(Recording):
         @staticmethod

@@ -231,6 +231,32 @@ def test_the_feed_process_ends_when_its_trainer_is_killed(clips, tmp_path):
     assert not running(child)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to split")
+def test_the_trainer_keeps_its_cores_and_the_feed_takes_the_rest(clips, tmp_path):
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import json, os, time\n"
+            "from pathlib import Path\n"
+            "from train.feed import Feed, FeedConfig\n"
+            "from train.train_asr import split_cores\n"
+            "rest = split_cores(1)\n"
+            f"feed = Feed(FeedConfig(Path({str(tmp_path / 'tok')!r}), 30, 0, "
+            f"data=(Path({str(clips)!r}),), depth=1, cores=rest))\n"
+            "print(json.dumps([sorted(os.sched_getaffinity(0)), feed._process.pid]), flush=True)\n"
+            "time.sleep(120)\n"
+        )],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    try:
+        mine, child = json.loads(trainer.stdout.readline())
+        allowed = sorted(os.sched_getaffinity(0))
+        assert mine == allowed[:1]
+        assert sorted(os.sched_getaffinity(child)) == allowed[1:]
+    finally:
+        trainer.kill()
+        trainer.wait()
+
+
 def fill_and_leave(channel, stop, trainer: int) -> None:
     """A feed's exit with its queue unread: more than a pipe holds is put, then it stops."""
     out = Outbox(channel, stop, trainer)
@@ -350,7 +376,7 @@ def test_a_new_run_starts_from_an_exported_model(clips, tmp_path):
 def test_training_on_synthesized_speech(clips, tmp_path):
     args = ["--synth-workers", "1", "--synth-start", "0.005", "--heldout", str(clips)]
     args += ["--run", str(tmp_path / "run"), "--preset", "tiny", "--batch-seconds", "20"]
-    args += ["--device", "cpu"]
+    args += ["--device", "cpu", "--trainer-cores", "0"]  # this process keeps its CPUs
     first = train_main([*args, "--max-steps", "3"])
     assert first["step"] == 3 and first["runs"] == 1 and first["synth_utterances"] >= 64
     second = train_main([*args, "--max-steps", "5"])

@@ -49,6 +49,7 @@ class FeedConfig:
     synth_start: float = 5.0  # hours made before the first batch
     reserved: frozenset[str] = frozenset()  # normalized sentences never synthesized
     depth: int = 3  # batches made ahead of the trainer
+    cores: tuple[int, ...] = ()  # CPUs of the feed and its workers (empty: the trainer's)
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,8 @@ class Outbox:
 
 def _run(config: FeedConfig, out: Outbox) -> None:
     torch.set_num_threads(1)
+    if config.cores:  # before the workers start: they inherit it
+        os.sched_setaffinity(0, config.cores)
     try:
         _feed(config, out)
     except BaseException:  # handed to the trainer, which raises it

@@ -15,7 +15,8 @@ Workloads (`--workloads`, default all but wire):
   every 100 ms of wall time for `duration` seconds and committing a segment every
   `segment_seconds_live` (as VAD would; the first segment of each stream has a random length, and
   stream starts are spread over one step, so steps and commits do not all fall on the same
-  instant). Partial latency runs from the wall time of the feed that closed a step (the one
+  instant), after an unmeasured 5 s run at the same N (compiles and allocations for its batch
+  shapes). Partial latency runs from the wall time of the feed that closed a step (the one
   holding its last sample: the feed that made it due) to the arrival of its Partial on the event
   loop. Also: steps merged because the previous one ran late, final latency (commit to Final), the
   largest backlog (audio fed and not yet heard by the model; a step's 2 s is its floor), what was
@@ -99,10 +100,10 @@ from engine.bench.live import (
     STEP,
     STEP_TIMEOUT_S,
     BenchError,
-    capacity,
     idle,
     max_streams_under,
     mixed,
+    warmed_capacity,
 )
 from engine.config import EngineConfig
 from engine.engine import Engine
@@ -390,7 +391,7 @@ def _in_process(
         result["capacity"] = []
         for n in b.streams:
             progress.tick(f"capacity: {n} streams")
-            result["capacity"].append(asyncio.run(capacity(system, b, signal, n)))
+            result["capacity"].append(asyncio.run(warmed_capacity(system, b, signal, n)))
         result["capacity_max_streams_p95_under_300ms"] = max_streams_under(result["capacity"])
     if "mixed" in workloads:
         result["mixed"] = asyncio.run(mixed(system, b, signal, progress))

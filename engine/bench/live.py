@@ -33,7 +33,7 @@ CHUNK = SAMPLE_RATE // 10  # 100 ms: what a live client sends at a time
 P95_TARGET_MS = 300.0
 STEP_TIMEOUT_S = 600.0  # one step of the steps workload, on the slowest device
 MIXED_P95_RATIO_TARGET = 1.5  # issue 8: ASR p95 under full chat load vs alone
-MIXED_WARM_UP_S = 5.0  # the mixed workload's unmeasured first run at N streams
+WARM_UP_S = 5.0  # a live workload's unmeasured first run at N streams (at most its duration)
 
 
 class BenchError(RuntimeError):
@@ -188,6 +188,16 @@ def _percentiles(ms: np.ndarray, prefix: str) -> dict[str, float | None]:
     return {f"{prefix}p{q}_ms": float(v) for q, v in zip((50, 95, 99), values, strict=True)}
 
 
+async def warmed_capacity(
+    system: System, b: AsrBench, signal: np.ndarray, n: int
+) -> dict[str, Any]:
+    """`capacity` after an unmeasured run at the same N: the first run at N streams pays for
+    compiling and allocating at its new batch shapes (on the H200 that made the mixed
+    workload's "alone" slower than "under load")."""
+    await capacity(system, replace(b, duration=min(WARM_UP_S, b.duration)), signal, n)
+    return await capacity(system, b, signal, n)
+
+
 def max_streams_under(rows_: list[dict[str, Any]], target_ms: float = P95_TARGET_MS) -> int | None:
     """The largest N whose p95 partial latency stays under the target (None: not even the
     smallest)."""
@@ -206,10 +216,7 @@ async def mixed(
     n = b.mixed_streams
     if progress:
         progress.tick(f"mixed: {n} streams alone")
-    # The first run at N streams pays for compiling and allocating at the new batch shapes; on
-    # the H200 that made "alone" slower than "under load". Warm up at N, then measure.
-    await capacity(system, replace(b, duration=MIXED_WARM_UP_S), signal, n)
-    alone = await capacity(system, b, signal, n)
+    alone = await warmed_capacity(system, b, signal, n)
     if progress:
         progress.tick(f"mixed: {n} streams + {b.chat_streams} chat requests")
     load = ChatLoad(b.chat, system.runtime, system.engine_config, b.seed)

@@ -95,7 +95,11 @@ def test_cuda_picks_triton_decode_and_the_best_prefill():
     from kernels.fa4 import fa4_unavailable
 
     prefill = "torch-varlen" if fa4_unavailable("cuda") else "fa4"
-    assert phases(backend(None, "cuda")) == {"decode": "triton-paged", "prefill": prefill}
+    assert phases(backend(None, "cuda")) == {
+        "decode": "triton-paged",
+        "prefill": prefill,
+        "prefill under 2048": "triton-paged",
+    }
 
 
 def test_transformers_does_not_mistake_our_kernels_package():

@@ -48,5 +48,9 @@ def test_paged_fa4_matches_dense(block_size, seq_lens, new_lens):
     torch.testing.assert_close(out.float().cpu(), want, atol=3e-2, rtol=3e-2)
 
 
-def test_auto_prefills_with_fa4():
-    assert phases(backend(None, "cuda")) == {"decode": "triton-paged", "prefill": "fa4"}
+def test_auto_prefills_long_prompts_with_fa4():
+    assert phases(backend(None, "cuda")) == {
+        "decode": "triton-paged",
+        "prefill": "fa4",
+        "prefill under 2048": "triton-paged",
+    }
