@@ -8,10 +8,12 @@ Random weights in a bench shape (or `--model DIR`), warmed up as the bench does;
 runs once unmeasured at its size (compiles and caches for its shapes), then once timed. Prints
 the bench's row and:
 
-- the runtime thread's phases, wall time and calls: the log-mel of the due windows (`log_mel`),
+- the runtime thread's phases, wall time and calls: the audio and commands queued by the event
+  loop, applied between steps (`inbox`), the log-mel of the due windows (`log_mel`),
   the batched encoder call (`encoder`), the prompts' submission (`submit`), engine steps replayed
   from a decode CUDA graph and those run eagerly (a step that computes prompt tokens), with
-  their mean batch; and the thread's busy share (its `step` calls over the wall time);
+  their mean batch; and the thread's busy share (its `step` calls over the wall time; `inbox`
+  is outside it);
 - each ASR request's life: submitted -> first token (waiting for a step that takes prompts, and
   the prefill) -> last token (the decode), p50/p95.
 
@@ -75,6 +77,7 @@ def instrument(system, clock: Clock) -> None:
     worker, engine = system.worker, system.worker.engine
     timed(clock, rollback, "raw_mels", "log_mel")  # looked up in the module at each call
     timed(clock, worker.model.encoder, "encode_windows", "encoder")
+    timed(clock, worker, "take_inbox", "inbox")
     timed(clock, worker, "step", "thread busy")
     add, step, runner = engine.add, engine.step, engine.runner
 
@@ -105,7 +108,7 @@ def report(clock: Clock, wall: float) -> str:
     lines = [f"runtime thread over {wall:.1f} s of wall time:"]
     header = ("phase", "calls", "wall ms", "share", "ms/call", "batch")
     lines.append("{:<12} {:>7} {:>9} {:>6} {:>8} {:>6}".format(*header))
-    order = ("log_mel", "encoder", "submit", "step, graph", "step, eager", "thread busy")
+    order = ("inbox", "log_mel", "encoder", "submit", "step, graph", "step, eager", "thread busy")
     for name in order:
         n = clock.calls.get(name, 0)
         if not n:

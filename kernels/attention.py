@@ -94,8 +94,9 @@ class PhaseAttention:
 
     Prefill batches whose longest row is under `long_from` tokens go to `short` when one is
     given: there a call's fixed cost counts, not its throughput. On the H200 our Triton kernel
-    took 96 us for one 192-token prompt, 150 us for one of 1,280 and 209 us for 32 of 256, where
-    FA4 took 196, 205 and 285 us; FA4 leads from 2,048-token rows on (docs/benchmarks.md).
+    took 123 us for one 192-token prompt, 143 us for one of 1,280 and 220 us for 32 of 256, where
+    FA4 took 212, 170 and 285 us; at one 2,048-token prompt they tie (224 and 226 us) and at four
+    FA4 leads (431 against 508 us; docs/benchmarks.md).
     """
 
     def __init__(

@@ -1,4 +1,5 @@
-"""Paged attention with torch's scaled_dot_product_attention: the reference and the CPU path.
+"""torch's scaled_dot_product_attention as the project calls it (`sdpa`), and paged attention on
+it (`SdpaAttention`): the reference and the CPU path.
 
 Decode-only batches gather every sequence's blocks into one padded batch and make one SDPA call;
 batches with prefill go sequence by sequence with a causal mask aligned at the end.
@@ -8,8 +9,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels.attention import AttentionMetadata
+
+# torch 2.11 prefers cuDNN's attention on sm_90. It builds an execution plan for every new shape
+# (our windows, prompts and training batches change shape from call to call), and with a mask its
+# backward gives NaN gradients where the length is 64 mod 128 (pytorch/pytorch#196678; the demo
+# model's training skipped non-finite steps). Every other backend, in torch's order.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """F.scaled_dot_product_attention on any backend but cuDNN's (see SDPA_BACKENDS)."""
+    with sdpa_kernel(SDPA_BACKENDS):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
 def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
@@ -46,7 +60,7 @@ class SdpaAttention:
             if n != length:  # query i sits at position length - n + i, sees keys up to there
                 qpos = torch.arange(length - n, length, device=q.device)[:, None]
                 mask = torch.arange(length, device=q.device)[None, :] <= qpos  # (n, L)
-            o = F.scaled_dot_product_attention(
+            o = sdpa(
                 q[lo:hi].transpose(0, 1),  # (H, n, D)
                 k.transpose(0, 1).to(q.dtype),
                 v.transpose(0, 1).to(q.dtype),
@@ -66,7 +80,7 @@ class SdpaAttention:
         v = v_cache[tables].flatten(1, 2)
         L = k.shape[1]
         mask = torch.arange(L, device=q.device)[None, :] < meta.seqused_k[:, None]  # (B, L)
-        o = F.scaled_dot_product_attention(
+        o = sdpa(
             q[:, :, None, :],  # (B, H, 1, D)
             k.transpose(1, 2).to(q.dtype),  # (B, H_kv, L, D)
             v.transpose(1, 2).to(q.dtype),

@@ -6,9 +6,11 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kernels import fa4
 from kernels.attention import AttentionMetadata, backend, store_kv
+from kernels.sdpa import sdpa
 
 
 def dense_attention(q, k, v, scale):
@@ -97,3 +99,23 @@ def test_fa4_keeps_its_compiled_kernels_on_disk_unless_told_otherwise(monkeypatc
     monkeypatch.setenv(fa4.CACHE_DIR, "/elsewhere")
     fa4.compile_cache()
     assert (os.environ[fa4.CACHE_ENABLED], os.environ[fa4.CACHE_DIR]) == ("0", "/elsewhere")
+
+
+def test_sdpa_leaves_out_cudnn_and_gives_torchs_numbers(monkeypatch):
+    seen = []
+    original = F.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return original(*args, **kwargs)
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 16, generator=g) for _ in range(3))
+    mask = torch.rand(2, 1, 1, 9, generator=g) > 0.3
+    mask[..., 0] = True  # every row sees a key
+    want = original(q, k, v, attn_mask=mask)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.testing.assert_close(sdpa(q, k, v, attn_mask=mask), want)
+    assert seen == [False]
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before  # restored after the call

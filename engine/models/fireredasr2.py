@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels.sdpa import sdpa
+
 SUBSAMPLE_CHANNELS = 32
 RIGHT_PAD = 6  # Conv2dSubsampling's context (7 frames) minus one, zero frames appended
 REL_PE_LEN = 5000  # the encoder's relative encoding covers +-4999 frames (~200 s)
@@ -128,7 +130,7 @@ class RelPosSelfAttention(nn.Module):
         scale = 1.0 / math.sqrt(self.dk)
         bias = bd * scale + key_pad
         qu = (q + self.pos_bias_u).transpose(1, 2)
-        out = F.scaled_dot_product_attention(qu, k, v, attn_mask=bias.to(qu.dtype), scale=scale)
+        out = sdpa(qu, k, v, attn_mask=bias.to(qu.dtype), scale=scale)
         return x + self.fc(out.transpose(1, 2).flatten(2))
 
 
@@ -227,7 +229,7 @@ class DecoderAttention(nn.Module):
         """x: (B, Tq, d) queries; k, v: (B, H, Tk, dk); mask: additive, broadcast to
         (B, H, Tq, Tk)."""
         q = self.split(self.w_qs(x))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+        out = sdpa(q, k, v, attn_mask=mask.to(q.dtype))
         return self.fc(out.transpose(1, 2).flatten(2))
 
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from engine.models.fireredasr2 import TransformerDecoder
 from engine.request import Request
 from kernels.attention import AttentionBackend, AttentionMetadata, store_kv
+from kernels.sdpa import sdpa
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class PagedFireRedDecoder(nn.Module):
             else:
                 ck, cv = ck[group.segments], cv[group.segments]
                 mask = self.context.mask[group.segments]
-            o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=mask.to(q.dtype))
+            o = sdpa(q, ck, cv, attn_mask=mask.to(q.dtype))
             x = x + c.fc(group.unpad(o.transpose(1, 2).flatten(2)))
             x = x + layer.mlp(layer.mlp_norm(x))
         return x

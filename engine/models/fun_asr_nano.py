@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from engine.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 from engine.models.sanm import FeedForward
 from engine.models.sensevoice import SenseVoiceConfig, SenseVoiceEncoder
+from kernels.sdpa import sdpa
 
 ADAPTOR_LN_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
 ENCODER_LN_EPS = 1e-5  # SenseVoice's LayerNorm (nn.LayerNorm's default)
@@ -210,7 +211,7 @@ class AdaptorAttention(nn.Module):
             proj(x).view(B, T, self.heads, -1).transpose(1, 2)  # (B, H, T, d / H)
             for proj in (self.linear_q, self.linear_k, self.linear_v)
         )
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
+        o = sdpa(q, k, v, attn_mask=valid[:, None, None, :])
         return self.linear_out(o.transpose(1, 2).reshape(B, T, d))
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from engine.models.layers import GatedMLP, RMSNorm, Rotary, fuse_linears
 from kernels.attention import AttentionBackend, AttentionMetadata
 from kernels.fused import qk_norm_rope_ref, rms_norm_ref, rope_store, silu_mul_ref
+from kernels.sdpa import sdpa
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class Attention(nn.Module):
         # KV heads repeated rather than enable_gqa: every SDPA kernel (flash included) takes it.
         k, v = (t.repeat_interleave(self.h // self.h_kv, dim=2) for t in (k, v))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        o = sdpa(q, k, v, is_causal=True, scale=self.scale)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, self.h * self.d))
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
+from kernels.sdpa import sdpa
 
 CHUNK_FRAMES = 100  # frames per conv chunk (n_window * 2)
 
@@ -92,7 +93,7 @@ class AuTAttention(nn.Module):
             p(x).view(W, L, self.heads, -1).transpose(1, 2)
             for p in (self.q_proj, self.k_proj, self.v_proj)
         )
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        o = sdpa(q, k, v, attn_mask=mask[:, None, None, :])
         return self.out_proj(o.transpose(1, 2).reshape(W, L, d))
 
 
