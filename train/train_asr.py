@@ -53,8 +53,8 @@ def lr_at(step: int, progress: float, peak: float, warmup: int, floor: float = 0
 
 def split_cores(trainer: int) -> tuple[int, ...]:
     """Keeps the first `trainer` CPUs this process may use for it and returns the others, for
-    the feed and its synthesis workers (all of them when there are too few to split): a step
-    issues ~2,000 operator calls from the host, each delayed when it shares a core."""
+    the feed and its synthesis workers (all of them when there are too few to split), so that
+    the workers never take the cores that issue the step's ~2,000 operator calls."""
     allowed = sorted(os.sched_getaffinity(0))
     if trainer <= 0 or len(allowed) <= trainer:
         return ()
@@ -298,7 +298,7 @@ def train(
     made = epoch = 0
     waited = 0.0  # seconds the trainer waited for a batch since the last log line
     t0 = logged = time.time()  # training time runs from t0, data waits in, evaluations out
-    cpu = time.process_time()  # the trainer's CPU time: near the wall time when host-bound
+    cpu = time.process_time()  # the trainer's CPU time (a CUDA sync spins: waits count too)
     for batch in feed:
         waited += time.time() - t0
         made, epoch = batch.synthesized, batch.epoch
