@@ -8,6 +8,7 @@ from functools import cache
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from audio.features import whisper_features
@@ -15,6 +16,7 @@ from engine.asr import build_qwen3_asr, load_qwen3_asr
 from engine.asr_prompt import build_prompt, parse_output
 from engine.config import EngineConfig
 from engine.engine import Engine
+from engine.models.qwen3_asr import conv_batch
 from engine.request import InjectedEmbeds
 from engine.rollback import RollbackConfig
 from engine.runtime import Runtime
@@ -179,3 +181,21 @@ async def test_streaming_equals_the_official_refeed_loop(root, variant):
             break  # a near-tie flipped: later steps legitimately differ
         assert ours.raw == step["raw"]
     assert event.text == steps[-1]["parsed"][1]
+
+
+def test_chunk_convs_run_at_a_few_batch_sizes_with_unchanged_numbers(root):
+    assert [conv_batch(n) for n in (1, 2, 3, 5, 64, 65, 130)] == [1, 2, 4, 8, 64, 128, 192]
+    enc = built(checkpoint(root))[0].encoder
+    chunks = features("hello_3s")[:, :300].reshape(-1, 3, 100).transpose(0, 1)  # 3 chunks
+    with torch.inference_mode():
+        x = F.gelu(enc.conv2d3(F.gelu(enc.conv2d2(F.gelu(enc.conv2d1(chunks[:, None]))))))
+        C, c, f, t = x.shape
+        want = enc.conv_out(x.permute(0, 3, 1, 2).reshape(C, t, c * f)) + enc.positions.to(x)
+        seen = []
+        hook = enc.conv2d1.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+        try:
+            got = enc._conv(chunks)
+        finally:
+            hook.remove()
+    assert seen == [4]  # three chunks and one of zeros
+    torch.testing.assert_close(got, want)

@@ -30,6 +30,16 @@ from kernels.sdpa import sdpa
 CHUNK_FRAMES = 100  # frames per conv chunk (n_window * 2)
 
 
+def conv_batch(n: int) -> int:
+    """The batch the chunk convs run at for n chunks: the next power of two up to 64, then the
+    next multiple of 64. cuDNN builds an execution plan for each new input shape (milliseconds,
+    for the forward and each backward), and the number of chunks changes with every encoder call
+    and training batch; zero chunks pad it to one of these few sizes."""
+    if n <= 64:
+        return 1 << max(n - 1, 0).bit_length()
+    return -(-n // 64) * 64
+
+
 def chunk_tokens(frames: int) -> int:
     """Tokens out of the three stride-2 convs for a chunk of `frames` frames (0 for 0)."""
     n = frames
@@ -181,9 +191,10 @@ class AuTEncoder(nn.Module):
 
     def _conv(self, chunks: torch.Tensor) -> torch.Tensor:
         """(C, n_mels, 100) chunks -> (C, 13, d_model) tokens with their in-chunk positions."""
-        x = chunks[:, None]  # (C, 1, n_mels, 100)
-        x = F.gelu(self.conv2d3(F.gelu(self.conv2d2(F.gelu(self.conv2d1(x))))))  # (C, c, f, 13)
-        C, c, f, t = x.shape
+        C = chunks.shape[0]
+        x = F.pad(chunks, (0, 0, 0, 0, 0, conv_batch(C) - C))[:, None]  # (C', 1, n_mels, 100)
+        x = F.gelu(self.conv2d3(F.gelu(self.conv2d2(F.gelu(self.conv2d1(x))))))[:C]  # (C, c, f, 13)
+        _, c, f, t = x.shape
         x = self.conv_out(x.permute(0, 3, 1, 2).reshape(C, t, c * f))  # (C, 13, d)
         return x + self.positions.to(x)
 
