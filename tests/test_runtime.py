@@ -44,7 +44,7 @@ class Recorder:
 
 def test_interactive_workers_step_first_every_turn():
     log: list[str] = []
-    runtime = Runtime()
+    runtime = Runtime(interactive_steps=1)
     chat = Recorder("chat", False, 0, log)
     asr = Recorder("asr", True, 0, log)
     runtime.add(chat)  # added first, still stepped second
@@ -55,6 +55,21 @@ def test_interactive_workers_step_first_every_turn():
     runtime.shutdown()
     # each turn: speech, then chat; speech never waits more than one chat step
     assert log[:2] == ["asr", "chat"] and log == ["asr", "chat"] * 5
+
+
+def test_other_workers_step_every_second_turn_while_speech_has_work():
+    log: list[str] = []
+    runtime = Runtime()  # INTERACTIVE_STEPS: 2
+    chat = Recorder("chat", False, 0, log)
+    asr = Recorder("asr", True, 0, log)
+    runtime.add(chat)
+    runtime.add(asr)
+    chat.left = asr.left = 5
+    runtime.notify()
+    assert chat.done.wait(5) and asr.done.wait(5)
+    runtime.shutdown()
+    # two speech steps per chat step; once speech is done, chat every turn
+    assert log == ["asr", "asr", "chat"] * 2 + ["asr"] + ["chat"] * 3
 
 
 def test_a_failing_worker_fails_alone():
