@@ -76,7 +76,7 @@ def timed(clock: Clock, obj: object, name: str, phase: str) -> None:
 def instrument(system, clock: Clock) -> None:
     worker, engine = system.worker, system.worker.engine
     timed(clock, rollback, "raw_mels", "log_mel")  # looked up in the module at each call
-    timed(clock, worker.model.encoder, "encode_windows", "encoder")
+    timed(clock, worker, "encode_windows", "encoder")  # eager or from CUDA graphs
     timed(clock, worker, "take_inbox", "inbox")
     timed(clock, worker, "step", "thread busy")
     add, step, runner = engine.add, engine.step, engine.runner

@@ -20,6 +20,7 @@ import torch
 
 from engine.asr_prompt import build_prompt, language_code, language_name
 from engine.config import EngineConfig
+from engine.encoder_graphs import EncoderGraphs
 from engine.engine import Engine, Output
 from engine.models.qwen3_asr import Qwen3ASR, Qwen3ASRConfig
 from engine.request import INTERACTIVE
@@ -93,6 +94,18 @@ class AsrWorker:
         self._ids = itertools.count()
         self.runtime: Runtime | None = None
         self.trace: list[StepTrace] | None = None
+        self.encoder_graphs = self._capture_encoder(engine.config)
+
+    def _capture_encoder(self, config: EngineConfig) -> EncoderGraphs | None:
+        wanted = config.encoder_graphs and config.cuda_graphs and self.device.type == "cuda"
+        if not (wanted and isinstance(self.model, Qwen3ASR)):  # the AuT encoder's graphs
+            return None
+        try:
+            return EncoderGraphs(self.model.encoder, config.dtype)
+        except Exception:  # an encoder that cannot be captured still runs, eagerly
+            log.exception("encoder graph capture failed; the encoder runs eagerly")
+            torch.cuda.synchronize(self.device)
+            return None
 
     def post(self, target, command: str, arg: object = None) -> None:
         with self._lock:
@@ -224,10 +237,7 @@ class AsrWorker:
             for _, seg, p in plans
             for w, (raw, _, _) in p.encode.items()
         ]
-        dtype = self.model.encoder.conv_out.weight.dtype  # features are float32; bf16 models
-        outputs = (
-            self.model.encoder.encode_windows([f.to(dtype) for _, _, f in jobs]) if jobs else []
-        )
+        outputs = self.encode_windows([f for _, _, f in jobs]) if jobs else []
         encoded: dict[int, dict[int, torch.Tensor]] = {}
         for (seg, w, _), out in zip(jobs, outputs, strict=True):
             encoded.setdefault(id(seg), {})[w] = out
@@ -241,6 +251,14 @@ class AsrWorker:
             self.engine.add(ids, self._params(plan), rid, INTERACTIVE, embeds)
             s.in_flight = (rid, seg, plan, ids, sum(t.shape[0] for t in mine.values()))
             s.tokens = []
+
+    def encode_windows(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Feature windows (n_mels, F_i), float32, from any streams -> their audio tokens."""
+        graphs = self.encoder_graphs
+        if graphs is not None and graphs.takes(windows):
+            return graphs.run(windows)
+        dtype = self.model.encoder.conv_out.weight.dtype  # bf16 models
+        return self.model.encoder.encode_windows([f.to(dtype) for f in windows])
 
     def _params(self, plan: StepPlan) -> SamplingParams:
         """How a step decodes (the bench overrides it to fix output lengths)."""

@@ -29,6 +29,9 @@ class EngineConfig:
     # than a replayed decode step. While requests decode, prompt tokens are taken at most every
     # `prefill_interval` steps, so decodes mostly replay graphs and prompts are batched.
     prefill_interval: int = 4
+    # Replay the speech encoder's batched calls from CUDA graphs (engine/encoder_graphs.py; with
+    # cuda_graphs). Off until measured against the eager encoder on the H200.
+    encoder_graphs: bool = False
 
     @classmethod
     def for_mode(cls, mode: str, **overrides) -> EngineConfig:

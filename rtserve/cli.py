@@ -240,6 +240,11 @@ def _bench_asr_flags(work) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", type=Path, default=Path("bench/results"))
     _engine_flags(r)
+    r.add_argument(
+        "--encoder-graphs",
+        action="store_true",
+        help="Qwen3-ASR: the AuT encoder's calls from CUDA graphs (engine/encoder_graphs.py)",
+    )
     s = r.add_argument_group("--serve: the wire workload's server (fixed output lengths)")
     s.add_argument("--serve", action="store_true", help="serve --model instead of benchmarking")
     s.add_argument("--port", type=int, default=8000)
@@ -378,6 +383,7 @@ def bench_asr(a: argparse.Namespace) -> int:
         performance_mode=a.performance_mode,
         attention_backend=a.attention_backend,
         cuda_graphs=a.cuda_graphs,
+        encoder_graphs=a.encoder_graphs,
         seed=a.seed,
     )
     if a.device:

@@ -66,7 +66,9 @@ output_tok_s}};
 `baseline`: {versions, device, dtype, steps: [{at_s, ids, step_ms, features_ms, prompt_tokens,
 audio_tokens, generated_tokens}] (the first at 2 s, then `positions`), offline: {as ours}} and
 `first_step_ids_equal`; `wire`: bench/loadgen.py's JSON; a subprocess workload that failed is
-{error}; `rows`: the tables' rows.
+{error}; `engine`: the runner's attention, graph sizes, decode and graph steps, and the encoder's
+batched calls run from CUDA graphs (`encoder_graph_calls`, `encoder_graph_replays`; with
+`--encoder-graphs`); `rows`: the tables' rows.
 """
 
 from __future__ import annotations
@@ -211,6 +213,7 @@ class AsrBench:
     dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
     attention_backend: str | None = None
     cuda_graphs: bool = True
+    encoder_graphs: bool = False  # Qwen3-ASR's encoder calls from CUDA graphs
     seed: int = 0
 
     @property
@@ -284,6 +287,7 @@ def load_system(b: AsrBench) -> System:
         dtype=dtype,
         attention_backend=b.attention_backend,
         cuda_graphs=b.cuda_graphs,
+        encoder_graphs=b.encoder_graphs,
     )
     runtime = Runtime(name="bench-asr")
     if b.model is not None and fun_asr_nano.is_fun_asr_nano(b.model):
@@ -298,6 +302,14 @@ def load_system(b: AsrBench) -> System:
         )
     served = fixed_length_model(model, tokenizer, config, b.lengths, runtime, "bench")
     return System(served, runtime, config, config_json, b.model)
+
+
+def encoder_graphs(system: System) -> dict[str, int]:
+    """How many of the encoder's batched calls ran from CUDA graphs (none without them)."""
+    graphs = getattr(system.worker, "encoder_graphs", None)
+    if graphs is None:
+        return {"encoder_graph_calls": 0, "encoder_graph_replays": 0}
+    return {"encoder_graph_calls": graphs.calls, "encoder_graph_replays": graphs.replays}
 
 
 # ---- run ----
@@ -346,7 +358,7 @@ def run(b: AsrBench) -> dict[str, Any]:
         try:
             asyncio.run(_warm_up(system, signal))
             plan = _in_process(system, b, signal, workloads, result, progress)
-            result["engine"] = system.worker.engine.runner.describe()
+            result["engine"] = system.worker.engine.runner.describe() | encoder_graphs(system)
             if "baseline" in workloads or "wire" in workloads:
                 checkpoint = system.checkpoint(Path(tmp))
         finally:

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.asr import load_qwen3_asr
+from engine.asr import build_qwen3_asr, load_qwen3_asr
+from engine.config import EngineConfig
+from engine.encoder_graphs import EncoderGraphs
 from engine.rollback import RollbackConfig, raw_mels
 from engine.runtime import Runtime
 from engine.streaming import Final, Partial, StreamOptions
@@ -111,3 +113,42 @@ async def test_an_hour_of_audio_keeps_state_bounded(root):
     runtime.shutdown()
     assert finals == 120 and partials > 0
     assert np.isfinite(baseline)
+
+
+def test_encoder_graph_replays_equal_the_eager_encoder(root):
+    path = build_checkpoint(root / "graphs", seed=0)
+    model, _ = build_qwen3_asr(path, EngineConfig(device="cuda", dtype=torch.bfloat16))
+    encoder = model.encoder
+    graphs = EncoderGraphs(encoder, torch.bfloat16, max_windows=8)  # captured
+    frames, n_mels = graphs.frames, encoder.config.num_mel_bins
+    g = torch.Generator("cuda").manual_seed(0)
+    for lengths in ([frames, 350, 120, frames, 37, 1, 640, 99, frames, 2], [frames // 2, 1, 99]):
+        windows = [torch.randn(n_mels, n, device="cuda", generator=g) for n in lengths]
+        with torch.inference_mode():
+            got = graphs.run(windows)
+            want = encoder.encode_windows([w.to(torch.bfloat16) for w in windows])
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a.float(), b.float(), atol=3e-2, rtol=3e-2)
+    assert graphs.replays == 3  # 8 + 2 windows, then 3
+
+
+@pytest.mark.anyio
+async def test_streaming_with_encoder_graphs_equals_the_eager_encoder(root):
+    path = build_checkpoint(root / "tiny-graphs", seed=0)
+    audio = long_audio(24.0, burst_at=19.0)
+    traces = []
+    for graphs in (False, True):
+        runtime = Runtime()
+        model = load_qwen3_asr(
+            path, "tiny", runtime=runtime, rollback=RollbackConfig(max_new_tokens=12),
+            encoder_graphs=graphs, **CUDA,
+        )  # fmt: skip
+        assert (model.worker.encoder_graphs is not None) == graphs
+        model.worker.trace = trace = []
+        await run_stream(model, audio, 32000, 23 * 16000)
+        runtime.shutdown()
+        traces.append([t.generated_ids for t in trace])
+        if graphs:
+            assert model.worker.encoder_graphs.replays > 0
+    same = [a == b for a, b in zip(*traces, strict=True)]
+    assert all(same[:4]) and sum(same) >= 0.75 * len(same), same
