@@ -245,6 +245,18 @@ def _bench_asr_flags(work) -> None:
         action="store_true",
         help="Qwen3-ASR: the AuT encoder's calls from CUDA graphs (engine/encoder_graphs.py)",
     )
+    r.add_argument(
+        "--prefill-interval",
+        type=int,
+        default=None,
+        help="steps prompts wait while requests decode (default: the engine's, 4)",
+    )
+    r.add_argument(
+        "--interactive-steps",
+        type=int,
+        default=None,
+        help="runtime turns per chat step while speech has work (default: the runtime's, 2)",
+    )
     s = r.add_argument_group("--serve: the wire workload's server (fixed output lengths)")
     s.add_argument("--serve", action="store_true", help="serve --model instead of benchmarking")
     s.add_argument("--port", type=int, default=8000)
@@ -384,6 +396,8 @@ def bench_asr(a: argparse.Namespace) -> int:
         attention_backend=a.attention_backend,
         cuda_graphs=a.cuda_graphs,
         encoder_graphs=a.encoder_graphs,
+        prefill_interval=a.prefill_interval,
+        interactive_steps=a.interactive_steps,
         seed=a.seed,
     )
     if a.device:

@@ -111,7 +111,7 @@ from engine.config import EngineConfig
 from engine.engine import Engine
 from engine.models.fun_asr_nano import FunASRNanoConfig
 from engine.rollback import RollbackConfig, StepPlan
-from engine.runtime import Runtime
+from engine.runtime import INTERACTIVE_STEPS, Runtime
 from engine.sampling import SamplingParams
 from engine.streaming import Final, Partial, SegmentFailed, StreamOptions
 from kernels.attention import phases
@@ -214,6 +214,8 @@ class AsrBench:
     attention_backend: str | None = None
     cuda_graphs: bool = True
     encoder_graphs: bool = False  # Qwen3-ASR's encoder calls from CUDA graphs
+    prefill_interval: int | None = None  # None: EngineConfig's
+    interactive_steps: int | None = None  # None: the runtime's INTERACTIVE_STEPS
     seed: int = 0
 
     @property
@@ -288,8 +290,9 @@ def load_system(b: AsrBench) -> System:
         attention_backend=b.attention_backend,
         cuda_graphs=b.cuda_graphs,
         encoder_graphs=b.encoder_graphs,
+        **({"prefill_interval": b.prefill_interval} if b.prefill_interval else {}),
     )
-    runtime = Runtime(name="bench-asr")
+    runtime = Runtime(name="bench-asr", interactive_steps=b.interactive_steps or INTERACTIVE_STEPS)
     if b.model is not None and fun_asr_nano.is_fun_asr_nano(b.model):
         served = fun_asr_nano.load_fixed(b.model, "bench", b.lengths, runtime, config)
         return System(served, runtime, config, {}, b.model)
