@@ -140,21 +140,23 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of live audio")
     ap.add_argument("--offline", type=int, metavar="C", help="C clips at once instead")
     ap.add_argument("--performance-mode", default="balanced")
-    ap.add_argument("--prefill-interval", type=int, help="the scheduler's, instead of the config's")
+    ap.add_argument("--prefill-interval", type=int, default=AsrBench.prefill_interval)
     ap.add_argument("--ops", action="store_true", help="also a torch.profiler run: top operators")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", type=Path, help="folder for the Chrome trace (with --ops)")
     a = ap.parse_args()
 
     b = AsrBench(
-        shape=a.shape, model=a.model, duration=a.duration, performance_mode=a.performance_mode
+        shape=a.shape,
+        model=a.model,
+        duration=a.duration,
+        performance_mode=a.performance_mode,
+        prefill_interval=a.prefill_interval,
     )
     sizes = [a.offline] if a.offline else a.streams
     torch.manual_seed(b.seed)
     signal = synthetic.speech_like(b.signal_seconds(), b.seed)
     system = load_system(b)
-    if a.prefill_interval:
-        system.worker.engine.scheduler.prefill_interval = a.prefill_interval
     clock = Clock()
 
     def workload(n: int) -> dict:

@@ -248,14 +248,14 @@ def _bench_asr_flags(work) -> None:
     r.add_argument(
         "--prefill-interval",
         type=int,
-        default=None,
-        help="steps prompts wait while requests decode (default: the engine's, 4)",
+        default=AsrBench.prefill_interval,
+        help="steps prompts wait while requests decode (default %(default)s, the engine's)",
     )
     r.add_argument(
         "--interactive-steps",
         type=int,
-        default=None,
-        help="runtime turns per chat step while speech has work (default: the runtime's, 2)",
+        default=AsrBench.interactive_steps,
+        help="runtime turns per chat step while speech has work (default %(default)s)",
     )
     s = r.add_argument_group("--serve: the wire workload's server (fixed output lengths)")
     s.add_argument("--serve", action="store_true", help="serve --model instead of benchmarking")

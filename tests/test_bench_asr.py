@@ -163,12 +163,12 @@ def test_cli_parses_bench_asr():
     assert default.workloads == asr.DEFAULT_WORKLOADS and default.shape == "qwen3-asr-0.6b"
 
 
-
 def test_cli_parses_kernel_cases():
     a = parser().parse_args(["bench", "kernels", "--prefill-cases", "1x192,16x256"])
     assert a.prefill_cases == ((1, 192), (16, 256)) and a.decode_cases is None
     with pytest.raises(SystemExit):
         parser().parse_args(["bench", "kernels", "--decode-cases", "8:4096"])
+
 
 # ---- Fun-ASR-Nano ----
 

@@ -208,19 +208,29 @@ def test_the_feed_process_hands_over_every_utterance_each_epoch(clips, tmp_path)
     assert not feed._process.is_alive()
 
 
+def trainer_process(clips: Path, tmp_path: Path, before: str, after: str, cores: str = "()"):
+    """A stand-in trainer: a Python process that runs `before`, opens a Feed on the clips (with
+    `cores`), runs `after` and sleeps until killed."""
+    script = (
+        "import json, os, time\n"
+        "from pathlib import Path\n"
+        "from train.feed import Feed, FeedConfig\n"
+        f"{before}\n"
+        f"feed = Feed(FeedConfig(Path({str(tmp_path / 'tok')!r}), 30, 0, "
+        f"data=(Path({str(clips)!r}),), depth=1, cores={cores}))\n"
+        f"{after}\n"
+        "time.sleep(120)\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+
+
 def test_the_feed_process_ends_when_its_trainer_is_killed(clips, tmp_path):
-    trainer = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sys, time\n"
-            "from pathlib import Path\n"
-            "from train.feed import Feed, FeedConfig, Outbox\n"
-            f"feed = Feed(FeedConfig(Path({str(tmp_path / 'tok')!r}), 30, 0, "
-            f"data=(Path({str(clips)!r}),), depth=1))\n"
-            "print(feed._process.pid, flush=True)\n"
-            "time.sleep(120)\n"
-        )],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
-    )  # fmt: skip
+    trainer = trainer_process(clips, tmp_path, "", "print(feed._process.pid, flush=True)")
     child = int(trainer.stdout.readline())
     assert running(child)  # waiting on its full queue
     trainer.kill()
@@ -233,20 +243,13 @@ def test_the_feed_process_ends_when_its_trainer_is_killed(clips, tmp_path):
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to split")
 def test_the_trainer_keeps_its_cores_and_the_feed_takes_the_rest(clips, tmp_path):
-    trainer = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import json, os, time\n"
-            "from pathlib import Path\n"
-            "from train.feed import Feed, FeedConfig\n"
-            "from train.train_asr import split_cores\n"
-            "rest = split_cores(1)\n"
-            f"feed = Feed(FeedConfig(Path({str(tmp_path / 'tok')!r}), 30, 0, "
-            f"data=(Path({str(clips)!r}),), depth=1, cores=rest))\n"
-            "print(json.dumps([sorted(os.sched_getaffinity(0)), feed._process.pid]), flush=True)\n"
-            "time.sleep(120)\n"
-        )],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
-    )  # fmt: skip
+    trainer = trainer_process(
+        clips,
+        tmp_path,
+        "from train.train_asr import split_cores\nrest = split_cores(1)",
+        "print(json.dumps([sorted(os.sched_getaffinity(0)), feed._process.pid]), flush=True)",
+        cores="rest",
+    )
     try:
         mine, child = json.loads(trainer.stdout.readline())
         allowed = sorted(os.sched_getaffinity(0))

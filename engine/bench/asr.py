@@ -214,8 +214,8 @@ class AsrBench:
     attention_backend: str | None = None
     cuda_graphs: bool = True
     encoder_graphs: bool = False  # Qwen3-ASR's encoder calls from CUDA graphs
-    prefill_interval: int | None = None  # None: EngineConfig's
-    interactive_steps: int | None = None  # None: the runtime's INTERACTIVE_STEPS
+    prefill_interval: int = EngineConfig.prefill_interval  # steps prompts wait while decoding
+    interactive_steps: int = INTERACTIVE_STEPS  # runtime turns per chat step while speech works
     seed: int = 0
 
     @property
@@ -290,9 +290,9 @@ def load_system(b: AsrBench) -> System:
         attention_backend=b.attention_backend,
         cuda_graphs=b.cuda_graphs,
         encoder_graphs=b.encoder_graphs,
-        **({"prefill_interval": b.prefill_interval} if b.prefill_interval else {}),
+        prefill_interval=b.prefill_interval,
     )
-    runtime = Runtime(name="bench-asr", interactive_steps=b.interactive_steps or INTERACTIVE_STEPS)
+    runtime = Runtime(name="bench-asr", interactive_steps=b.interactive_steps)
     if b.model is not None and fun_asr_nano.is_fun_asr_nano(b.model):
         served = fun_asr_nano.load_fixed(b.model, "bench", b.lengths, runtime, config)
         return System(served, runtime, config, {}, b.model)

@@ -57,7 +57,7 @@ from engine.chunked import load_paraformer
 from engine.models import config_yaml_model
 from engine.models.paraformer import ChunkConfig
 from engine.models.sensevoice import parse_rich
-from engine.runtime import INTERACTIVE_STEPS, Runtime
+from engine.runtime import Runtime
 from engine.sensevoice_asr import load_sensevoice
 from engine.streaming import StreamOptions
 from engine.two_pass import TwoPassModel
@@ -111,7 +111,7 @@ class FunasrSystem:
 
 def load_system(b: asr.AsrBench) -> FunasrSystem:
     """The folder served as `rtserve serve` serves it, on the bench's device and dtype."""
-    runtime = Runtime(name="bench-asr", interactive_steps=b.interactive_steps or INTERACTIVE_STEPS)
+    runtime = Runtime(name="bench-asr", interactive_steps=b.interactive_steps)
     family, model = _load(Path(b.model), b, runtime)
     if b.second_pass is not None:
         if family != "ParaformerStreaming":
