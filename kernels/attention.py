@@ -112,17 +112,24 @@ class PhaseAttention:
     def __call__(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         if meta.is_decode:
             return decode_backend(self, q, k_cache)(q, k_cache, v_cache, meta, scale)
-        if self.short is not None and meta.max_seqlen_q < self.long_from:
+        short = self.short is not None and meta.max_seqlen_q < self.long_from
+        if short and takes(self.short, q, k_cache):
             return self.short(q, k_cache, v_cache, meta, scale)
         return self.prefill(q, k_cache, v_cache, meta, scale)
+
+
+def takes(attn: AttentionBackend, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether `attn` runs these shapes: a backend with limits (our Triton kernels: head_dim 64
+    or 128) says so in a `supports` method; the others run anything."""
+    supports = getattr(attn, "supports", None)
+    return supports is None or supports(q, k_cache)
 
 
 def decode_backend(attn: AttentionBackend, q: torch.Tensor, k_cache: torch.Tensor):
     """The backend that runs a decode batch of these shapes (what a CUDA graph would hold)."""
     if not isinstance(attn, PhaseAttention):
         return attn
-    supports = getattr(attn.decode, "supports", None)
-    return attn.decode if supports is None or supports(q, k_cache) else attn.prefill
+    return attn.decode if takes(attn.decode, q, k_cache) else attn.prefill
 
 
 def phases(attn: AttentionBackend) -> dict[str, str]:

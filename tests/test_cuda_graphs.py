@@ -137,12 +137,13 @@ def test_phase_attention_sends_short_prefills_to_the_short_backend():
     assert phases(attn) == {"decode": "d", "prefill": "p", "prefill under 4": "s"}
 
 
-def test_phase_attention_sends_unsupported_decode_to_prefill():
-    class Picky(Recording):
-        @staticmethod
-        def supports(q, k_cache) -> bool:
-            return q.shape[-1] == 128
+class Picky(Recording):
+    @staticmethod
+    def supports(q, k_cache) -> bool:
+        return q.shape[-1] == 128
 
+
+def test_phase_attention_sends_unsupported_decode_to_prefill():
     decode, prefill = Picky("d"), Recording("p")
     attn = PhaseAttention(decode, prefill)
     q, k = torch.randn(1, 2, 16), torch.randn(4, 4, 1, 16)
@@ -150,6 +151,18 @@ def test_phase_attention_sends_unsupported_decode_to_prefill():
     assert (decode.calls, prefill.calls) == (0, 1)
     assert decode_backend(attn, q, k) is prefill
     assert decode_backend(attn, torch.randn(1, 2, 128), torch.randn(4, 4, 1, 128)) is decode
+
+
+def test_phase_attention_sends_unsupported_short_prefills_to_prefill():
+    """Our Triton prefill takes head_dim 64 and 128; the tiny test models' 16 go to the other."""
+    short, prefill = Picky("s"), Recording("p")
+    attn = PhaseAttention(Recording("d"), prefill, short=short, long_from=4)
+    k = torch.randn(8, 4, 1, 16)
+    attn(torch.randn(5, 2, 16), k, k, _meta([3, 2], [5, 3], 4), 0.25)
+    assert (short.calls, prefill.calls) == (0, 1)
+    k = torch.randn(8, 4, 1, 128)
+    attn(torch.randn(5, 2, 128), k, k, _meta([3, 2], [5, 3], 4), 0.25)
+    assert (short.calls, prefill.calls) == (1, 1)
 
 
 def test_backend_by_name():

@@ -20,10 +20,11 @@ from tests.tiny_models import FIXTURES
 from train.wer import wer
 
 HELDOUT = FIXTURES / "heldout"
-# The shipped model's WER on the whole held-out set is in docs/benchmarks.md. These eight
-# utterances are a sample of it (six voice-demo sentences, two random word sequences); the bound
-# leaves room for a few word slips, and a model that does not read the audio fails it.
-MAX_WER = 0.15
+# The shipped model's WER on the whole held-out set is in docs/benchmarks.md: 7.5% as made, 10.3%
+# with this half second of silence after each utterance (`train.evaluate --silence 0.5`). These
+# eight utterances (71 words: six voice-demo sentences, two random word sequences) are a sample
+# of it; one garbled sentence costs about 0.1, and a model that does not read the audio fails.
+MAX_WER = 0.2
 TAIL = np.zeros(8000, np.float32)  # 0.5 s of silence after the speech, as a speaker pauses
 
 

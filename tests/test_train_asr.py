@@ -433,6 +433,15 @@ def test_reverb_is_the_linear_convolution_with_the_room():
     np.testing.assert_allclose(y, want, atol=1e-4)
 
 
+def test_pauses_around_speech_include_long_ones():
+    rng = np.random.default_rng(4)
+    seconds = np.array([augment.pause(rng) for _ in range(4000)]) / augment.RATE
+    assert seconds.min() >= 0.05 and seconds.max() <= 2.5
+    long = seconds > 0.6
+    assert 0.2 < long.mean() < 0.3  # one in four: up to 2.5 s after the speech, as a VAD leaves it
+    assert seconds[long].max() > 2.0
+
+
 def test_demo_phrases_are_told_from_word_sequences():
     said = texts.Sentences(tuple(texts.frequency_words()), seed=1)
     assert all(texts.is_demo(said.demo()) for _ in range(300))

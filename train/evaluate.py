@@ -50,12 +50,15 @@ async def transcribe(model, audio: np.ndarray, streaming: bool) -> str:
     return text
 
 
-async def evaluate(model, utts: list[Utterance], streaming: bool, concurrency: int) -> list:
+async def evaluate(
+    model, utts: list[Utterance], streaming: bool, concurrency: int, silence: float = 0.0
+) -> list:
     gate = asyncio.Semaphore(concurrency)
+    tail = np.zeros(round(silence * 16000), np.float32)
 
     async def one(u: Utterance) -> tuple[str, str]:
         async with gate:
-            return u.text, await transcribe(model, u.audio, streaming)
+            return u.text, await transcribe(model, np.concatenate([u.audio, tail]), streaming)
 
     return list(await asyncio.gather(*(one(u) for u in utts)))
 
@@ -81,6 +84,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--mode", choices=["offline", "streaming", "both"], default="both")
     ap.add_argument("--limit", type=int, help="first N utterances")
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument(
+        "--silence",
+        type=float,
+        default=0.0,
+        help="seconds of digital silence after each utterance, as a client that pauses",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--show", type=int, default=5, help="print the first N transcripts")
     ap.add_argument("--json", type=Path, help="write the scores and transcripts here")
@@ -95,7 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for mode in ["offline", "streaming"] if a.mode == "both" else [a.mode]:
             t0 = time.time()
-            pairs = asyncio.run(evaluate(model, utts, mode == "streaming", a.concurrency))
+            pairs = asyncio.run(
+                evaluate(model, utts, mode == "streaming", a.concurrency, a.silence)
+            )
             seconds = time.time() - t0
             score, kinds = wer(pairs), by_kind(pairs)
             results[mode] = {
