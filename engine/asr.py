@@ -56,7 +56,7 @@ class StepTrace:
     prefill_tokens: int  # prompt tokens computed (the rest came from the prefix cache)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: every audio command looks its stream up among hundreds
 class Stream:
     """Engine-thread state of one handle. Segments wait in order: audio after a commit opens the
     next segment at once, while the committed one still waits for its final step."""
