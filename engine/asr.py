@@ -134,9 +134,10 @@ class AsrWorker:
         # Steps are launched (features, one batched encoder call, prompts submitted) just before
         # an engine step that takes prompts: launching every turn would run the encoder for one
         # or two streams at a time between graphed decode steps (engine/scheduler.py).
-        ready = [s for s in self.streams if self._wants_step(s)]
-        if ready and self.engine.scheduler.prompts_due():
-            self._launch(ready)
+        if self.engine.scheduler.prompts_due():
+            ready = [s for s in self.streams if self._wants_step(s)]
+            if ready:
+                self._launch(ready)
         if self.engine.has_work():
             outputs = self.engine.step()
             owners = {s.in_flight[0]: s for s in self.streams if s.in_flight is not None}
