@@ -435,11 +435,18 @@ def test_reverb_is_the_linear_convolution_with_the_room():
 
 def test_pauses_around_speech_include_long_ones():
     rng = np.random.default_rng(4)
-    seconds = np.array([augment.pause(rng) for _ in range(4000)]) / augment.RATE
+    seconds = np.array([augment.pause(rng, 0.25) for _ in range(4000)]) / augment.RATE
     assert seconds.min() >= 0.05 and seconds.max() <= 2.5
     long = seconds > 0.6
     assert 0.2 < long.mean() < 0.3  # one in four: up to 2.5 s after the speech, as a VAD leaves it
     assert seconds[long].max() > 2.0
+
+
+def test_the_committed_corpus_keeps_its_short_pauses_and_draws():
+    """long_share 0 draws exactly what the corpus recipe always drew (one uniform per end)."""
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    got = [augment.pause(a) for _ in range(100)]
+    assert got == [int(b.uniform(0.05, 0.6) * augment.RATE) for _ in range(100)]
 
 
 def test_demo_phrases_are_told_from_word_sequences():

@@ -123,8 +123,10 @@ def draw_utterance(
     variants: list[str],
     reserved: frozenset[str] = frozenset(),
     min_words: int = 1,
+    long_pauses: float = 0.0,
 ) -> tuple[str, np.ndarray, dict]:
-    """One augmented utterance: (transcript, 16 kHz float32 audio, how it was made)."""
+    """One augmented utterance: (transcript, 16 kHz float32 audio, how it was made);
+    long_pauses: the share of long silences before and after it (`augment.pause`)."""
     while True:
         text = sentences(long=rng.random() < LONG_SHARE)
         norm = normalize_text(text)
@@ -138,7 +140,7 @@ def draw_utterance(
         x, words = speak(text, voice, rate, pitch)
         if x.size == 0:
             continue
-        x, done = augment(x, augment_rng)
+        x, done = augment(x, augment_rng, long_pauses)
         stretch = done.get("stretch", 1.0)
         words = [WordAt(w.end, done["lead"] + round(w.sample * stretch)) for w in words]
         if x.size <= MAX_SECONDS * RATE:

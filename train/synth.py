@@ -5,10 +5,11 @@ writes training sentences instead of reading the audio). So on the training host
 processes keeps drawing new sentences, voices and augmentations (train/make_data.py's
 `draw_utterance`, the same recipe as the committed corpus); each epoch of the trainer draws on
 what has arrived by its start, the newest `max_hours` of audio. Held-out sentences are reserved and
-held-out voice variants never used. A quarter of the utterances also come cut where one of their
-words starts, with the words said so far as the transcript: a streaming step sees audio that
-ends mid-sentence, and must write what was said, not finish the sentence. Audio is held as
-float16 (half the memory; its rounding error sits 66 dB under the signal).
+held-out voice variants never used. Unlike the committed corpus, a quarter have a long pause
+before or after the speech (`LONG_PAUSES`). A quarter of the utterances also come cut where one
+of their words starts, with the words said so far as the transcript: a streaming step sees
+audio that ends mid-sentence, and must write what was said, not finish the sentence. Audio is
+held as float16 (half the memory; its rounding error sits 66 dB under the signal).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from train.texts import Sentences, frequency_words
 
 CHUNK = 64  # utterances per task: large enough to amortize the pickling, small for freshness
 PARTIAL_SHARE = 0.25  # utterances that also give a cut copy (make_data.partial)
+LONG_PAUSES = 0.25  # utterances with 0.6-2.5 s of silence at an end (augment.pause)
 
 
 def _start_worker() -> None:
@@ -42,7 +44,7 @@ def _make_chunk(args: tuple[int, frozenset[str]]) -> list[tuple[str, np.ndarray]
     sentences = Sentences(tuple(frequency_words()), seed=seed)
     out = []
     for _ in range(CHUNK):
-        text, x, how = draw_utterance(rng, sentences, TRAIN_VARIANTS, reserved)
+        text, x, how = draw_utterance(rng, sentences, TRAIN_VARIANTS, reserved, 1, LONG_PAUSES)
         out.append((text, x.astype(np.float16)))
         cut = partial(text, x, how["words"], rng) if rng.random() < PARTIAL_SHARE else None
         if cut is not None and normalize_text(cut[0]) not in reserved:
