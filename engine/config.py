@@ -32,6 +32,9 @@ class EngineConfig:
     # Replay the speech encoder's batched calls from CUDA graphs (engine/encoder_graphs.py; with
     # cuda_graphs). Off until measured against the eager encoder on the H200.
     encoder_graphs: bool = False
+    # Replay steps that take prompt tokens (under 2,048) from CUDA graphs as well
+    # (engine/prompt_graphs.py; with cuda_graphs). Off until measured on the H200.
+    prompt_graphs: bool = False
 
     @classmethod
     def for_mode(cls, mode: str, **overrides) -> EngineConfig:

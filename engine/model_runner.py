@@ -3,7 +3,8 @@
 A batch of B requests becomes T = sum(new tokens) rows: token ids, positions, the cache slot of
 each row, each request's block table, and the rows of injected embeddings. Logits are computed
 only for rows whose request has all its tokens computed after this step (it samples next).
-Decode batches that fit a captured CUDA graph are replayed from it (engine/cuda_graphs.py).
+Decode batches that fit a captured CUDA graph are replayed from it (engine/cuda_graphs.py), and
+with `prompt_graphs` so are short batches with prompt tokens (engine/prompt_graphs.py).
 """
 
 from __future__ import annotations
@@ -17,11 +18,21 @@ import torch
 
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs
+from engine.prompt_graphs import PromptGraphs
 from engine.request import Request
 from engine.scheduler import Batch
-from kernels.attention import AttentionBackend, AttentionMetadata, decode_backend, phases
+from kernels.attention import (
+    AttentionBackend,
+    AttentionMetadata,
+    PhaseAttention,
+    decode_backend,
+    phases,
+    takes,
+)
 
 log = logging.getLogger(__name__)
+
+PROMPT_GRAPH_TOKENS = 2048  # the largest prompt graph: longer steps are compute-bound anyway
 
 
 @dataclass
@@ -80,9 +91,14 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.decode_steps = 0  # decode-only steps run
         self.graph_steps = 0  # of them, replayed from a CUDA graph
+        self.prompt_steps = 0  # steps with prompt tokens run
+        self.prompt_graph_steps = 0  # of them, replayed from a CUDA graph
         self.graphs: DecodeGraphs | None = None
+        self.prompt_graphs: PromptGraphs | None = None
         if config.cuda_graphs and self.device.type == "cuda":
             self.graphs = self._capture_graphs()
+            if config.prompt_graphs:
+                self.prompt_graphs = self._capture_prompt_graphs()
 
     @property
     def attention(self) -> AttentionBackend:
@@ -95,6 +111,9 @@ class ModelRunner:
             "cuda_graph_sizes": self.graphs.sizes if self.graphs is not None else [],
             "decode_steps": self.decode_steps,
             "graph_steps": self.graph_steps,
+            "prompt_graph_sizes": self.prompt_graphs.sizes if self.prompt_graphs else [],
+            "prompt_steps": self.prompt_steps,
+            "prompt_graph_steps": self.prompt_graph_steps,
         }
 
     def _capture_graphs(self) -> DecodeGraphs | None:
@@ -112,6 +131,32 @@ class ModelRunner:
             torch.cuda.synchronize(self.device)
             return None
 
+    def prompt_graph_tokens(self) -> int:
+        """The largest bucket of prompt graphs this runner's attention allows (0: none): the
+        backend that short prompts run on must read every length on the device."""
+        attn, long_from = self.attention, PROMPT_GRAPH_TOKENS
+        if isinstance(attn, PhaseAttention):
+            attn, long_from = attn.short or attn.prefill, min(long_from, attn.long_from)
+        cfg = self.model.config
+        q = torch.empty(1, cfg.num_attention_heads, cfg.head_dim, device=self.device)
+        if not (getattr(attn, "prompt_graph_safe", False) and takes(attn, q, self.kv_caches[0][0])):
+            return 0
+        return min(long_from, self.config.max_num_batched_tokens)
+
+    def _capture_prompt_graphs(self) -> PromptGraphs | None:
+        max_tokens = self.prompt_graph_tokens()
+        if max_tokens < 64:
+            log.info("no prompt graphs: attention %s syncs with the host", phases(self.attention))
+            return None
+        slots = self.config.max_num_seqs + 1  # and the padding sequence
+        hidden = self.model.config.hidden_size
+        try:
+            return PromptGraphs(self, max_tokens, slots, hidden, capture=True)
+        except Exception:  # a model or kernel that cannot be captured still runs, eagerly
+            log.exception("prompt graph capture failed; prompt steps run eagerly")
+            torch.cuda.synchronize(self.device)
+            return None
+
     @torch.inference_mode()
     def run(self, batch: Batch) -> tuple[torch.Tensor, list[Request]]:
         """Run one step; returns the logits (S, vocab) of the requests that sample, and them."""
@@ -122,9 +167,13 @@ class ModelRunner:
             self.kv[:, :, dst] = self.kv[:, :, src]
         x = self.prepare(batch)
         self.decode_steps += x.is_decode
+        self.prompt_steps += not x.is_decode
         if self.graphs is not None and self.graphs.takes(x):
             hidden = self.graphs.run(x)
             self.graph_steps += 1
+        elif self.prompt_graphs is not None and self.prompt_graphs.takes(x):
+            hidden = self.prompt_graphs.run(x)
+            self.prompt_graph_steps += 1
         else:
             hidden = self.forward(x)
         rows = torch.tensor(x.sample_rows, dtype=torch.long, device=self.device)

@@ -403,6 +403,7 @@ class TritonPagedAttention:
 
     name = "triton-paged"
     graph_safe = True  # sync-free; the split count is fixed at capture from max_seqlen_k
+    prompt_graph_safe = True  # the prefill grid depends only on the token and sequence counts
 
     def __init__(
         self,

@@ -246,6 +246,11 @@ def _bench_asr_flags(work) -> None:
         help="Qwen3-ASR: the AuT encoder's calls from CUDA graphs (engine/encoder_graphs.py)",
     )
     r.add_argument(
+        "--prompt-graphs",
+        action="store_true",
+        help="steps with under 2,048 prompt tokens from CUDA graphs too (engine/prompt_graphs.py)",
+    )
+    r.add_argument(
         "--prefill-interval",
         type=int,
         default=AsrBench.prefill_interval,
@@ -396,6 +401,7 @@ def bench_asr(a: argparse.Namespace) -> int:
         attention_backend=a.attention_backend,
         cuda_graphs=a.cuda_graphs,
         encoder_graphs=a.encoder_graphs,
+        prompt_graphs=a.prompt_graphs,
         prefill_interval=a.prefill_interval,
         interactive_steps=a.interactive_steps,
         seed=a.seed,

@@ -66,7 +66,8 @@ output_tok_s}};
 `baseline`: {versions, device, dtype, steps: [{at_s, ids, step_ms, features_ms, prompt_tokens,
 audio_tokens, generated_tokens}] (the first at 2 s, then `positions`), offline: {as ours}} and
 `first_step_ids_equal`; `wire`: bench/loadgen.py's JSON; a subprocess workload that failed is
-{error}; `engine`: the runner's attention, graph sizes, decode and graph steps, and the encoder's
+{error}; `engine`: the runner's attention, graph sizes, decode and graph steps, prompt steps and
+those replayed from graphs (`prompt_graph_steps`; with `--prompt-graphs`), and the encoder's
 batched calls run from CUDA graphs (`encoder_graph_calls`, `encoder_graph_replays`; with
 `--encoder-graphs`); `rows`: the tables' rows.
 """
@@ -214,6 +215,7 @@ class AsrBench:
     attention_backend: str | None = None
     cuda_graphs: bool = True
     encoder_graphs: bool = False  # Qwen3-ASR's encoder calls from CUDA graphs
+    prompt_graphs: bool = False  # steps with prompt tokens from CUDA graphs (ASR and chat load)
     prefill_interval: int = EngineConfig.prefill_interval  # steps prompts wait while decoding
     interactive_steps: int = INTERACTIVE_STEPS  # runtime turns per chat step while speech works
     seed: int = 0
@@ -290,6 +292,7 @@ def load_system(b: AsrBench) -> System:
         attention_backend=b.attention_backend,
         cuda_graphs=b.cuda_graphs,
         encoder_graphs=b.encoder_graphs,
+        prompt_graphs=b.prompt_graphs,
         prefill_interval=b.prefill_interval,
     )
     runtime = Runtime(name="bench-asr", interactive_steps=b.interactive_steps)

@@ -10,6 +10,7 @@ from engine.config import EngineConfig
 from engine.engine import Engine
 from engine.model_runner import ModelRunner
 from engine.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
+from engine.request import InjectedEmbeds
 from engine.sampling import SamplingParams
 from kernels.attention import backend, phases
 
@@ -32,10 +33,12 @@ def model():
     return m.eval()
 
 
-def run(model, cuda_graphs: bool, prompts, max_tokens):
+def run(
+    model, cuda_graphs: bool, prompts, max_tokens, prompt_graphs=False, staggered=False, embeds=()
+):
     config = EngineConfig(
         device="cuda", dtype=torch.float32, num_blocks=256, max_num_seqs=16,
-        cuda_graphs=cuda_graphs,
+        cuda_graphs=cuda_graphs, prompt_graphs=prompt_graphs,
     )  # fmt: skip
     eng = Engine(model, None, config)
     runner, seen = eng.runner, []
@@ -46,8 +49,12 @@ def run(model, cuda_graphs: bool, prompts, max_tokens):
         return logits, sampling
 
     runner.run = step
-    reqs = [eng.add(p, SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True))
-            for p, n in zip(prompts, max_tokens, strict=True)]  # fmt: skip
+    reqs = []
+    for i, (p, n) in enumerate(zip(prompts, max_tokens, strict=True)):
+        params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+        reqs.append(eng.add(p, params, embeds=embeds if i == 1 else ()))
+        if staggered:  # requests arrive while others decode: prompts share steps with decodes
+            eng.step()
     while eng.has_work():
         eng.step()
     return [r.output_ids for r in reqs], seen, runner
@@ -67,6 +74,22 @@ def test_replayed_decode_matches_eager(model):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4)
     assert got == want
     assert runner.graph_steps >= 0.95 * runner.decode_steps > 0
+
+
+def test_replayed_prompt_steps_match_eager(model):
+    g = torch.Generator().manual_seed(2)
+    lengths = [3, 40, 17, 300, 1, 64, 129, 5, 77, 1500]
+    prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in lengths]
+    max_tokens = [10 + 3 * i for i in range(len(prompts))]
+    audio = [InjectedEmbeds(5, torch.randn(20, CONFIG["hidden_size"], generator=g).cuda())]
+    want, want_logits, _ = run(model, True, prompts, max_tokens, False, True, audio)
+    got, got_logits, runner = run(model, True, prompts, max_tokens, True, True, audio)
+    assert runner.prompt_graphs is not None
+    assert set(runner.prompt_graphs.graphs) == set(runner.prompt_graphs.sizes)
+    for a, b in zip(got_logits, want_logits, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4)
+    assert got == want
+    assert runner.prompt_graph_steps == runner.prompt_steps >= len(prompts)
 
 
 def test_no_graphs_when_turned_off_or_not_graph_safe(model):

@@ -1,0 +1,168 @@
+"""CUDA graphs for steps that take prompt tokens: one graph per bucket of tokens.
+
+A speech worker's prompt step is a few streams' new audio tokens and text prefixes, beside the
+requests that decode: a few hundred tokens through every layer. Its kernels are small, and
+launched one by one from Python such a step took 18-30 ms on the H200, where a graphed decode
+step took 2-3 ms (docs/benchmarks.md, the live profile). Replaying a captured graph launches
+them all at once.
+
+A graph is captured for each token bucket T (`buckets`) over static buffers with room for
+`slots` sequences. A batch of n sequences and t <= T - 1 tokens fills the first n sequence slots
+and t token rows. One padding sequence takes rows t..T: token 0 at position 0, its keys and
+values written to the scratch block and read back only from there. The slots after it hold
+empty sequences. Injected embeddings (audio tokens) go through a T-row buffer whose unused
+entries copy zeros into row T - 1, which is always padding.
+
+Only an attention backend whose prompt path reads every length from the device may run inside
+a graph (`prompt_graph_safe`): our Triton prefill kernel, whose grid depends only on T and the
+slot count. Batches of `long_from` tokens or more run eagerly, on the long-prompt backend.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from kernels.attention import AttentionMetadata
+
+if TYPE_CHECKING:
+    from engine.model_runner import ModelRunner, StepInputs
+
+
+def buckets(max_tokens: int) -> list[int]:
+    """Token counts that get a graph: powers of two from 64 up to max_tokens."""
+    sizes, t = [], 64
+    while t <= max_tokens:
+        sizes.append(t)
+        t *= 2
+    return sizes
+
+
+class PromptGraphs:
+    """Static buffers and captured graphs for steps with up to max(buckets) - 1 tokens and
+    `slots` - 1 sequences.
+
+    With `capture=False` nothing is captured and `run` calls the model eagerly on the padded
+    buffers: the same inputs a replay sees, which lets CPU tests check the padding."""
+
+    def __init__(
+        self, runner: ModelRunner, max_tokens: int, slots: int, hidden: int, capture: bool
+    ) -> None:
+        self.runner = runner
+        self.sizes = buckets(max_tokens)
+        self.slots = slots
+        bs = runner.config.block_size
+        self.width = -(-runner.max_model_len // bs)  # block table columns
+        self.scratch = runner.scratch_block
+        dev = runner.device
+        t = self.sizes[-1]
+        self.input_ids = torch.zeros(t, dtype=torch.long, device=dev)
+        self.positions = torch.zeros(t, dtype=torch.long, device=dev)
+        self.slot_mapping = torch.zeros(t, dtype=torch.long, device=dev)
+        self.embed_rows = torch.zeros(t, dtype=torch.long, device=dev)
+        self.embed_values = torch.zeros(t, hidden, dtype=runner.config.dtype, device=dev)
+        self.cu_seqlens = torch.zeros(slots + 1, dtype=torch.int32, device=dev)
+        self.seqused = torch.zeros(slots, dtype=torch.int32, device=dev)
+        self.tables = torch.zeros(slots, self.width, dtype=torch.int32, device=dev)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}  # each graph's hidden states (T, hidden)
+        if capture:
+            self._capture()
+
+    def bucket(self, t: int) -> int:
+        """The smallest bucket with a padding row to spare."""
+        return next(b for b in self.sizes if b > t)
+
+    def takes(self, x: StepInputs) -> bool:
+        return (
+            not x.is_decode
+            and len(x.input_ids) < self.sizes[-1]
+            and len(x.seqused_k) < self.slots
+            and x.block_tables.shape[1] <= self.width
+        )
+
+    def run(self, x: StepInputs) -> torch.Tensor:
+        """The hidden states (t, hidden) of a batch of t tokens."""
+        t = len(x.input_ids)
+        b = self.bucket(t)
+        self._load(x, b)
+        graph = self.graphs.get(b)
+        if graph is None:
+            return self._forward(b)[:t]
+        graph.replay()
+        return self.outputs[b][:t]
+
+    def _load(self, x: StepInputs, b: int) -> None:
+        t, n, w = len(x.input_ids), len(x.seqused_k), x.block_tables.shape[1]
+        bs = self.runner.config.block_size
+        ids = np.zeros(b, dtype=np.int64)
+        ids[:t] = x.input_ids
+        positions = np.zeros(b, dtype=np.int64)
+        positions[:t] = x.positions
+        slot_mapping = np.full(b, self.scratch * bs, dtype=np.int64)
+        slot_mapping[:t] = x.slots
+        cu = np.full(self.slots + 1, b, dtype=np.int32)  # the slots past the padding: empty
+        cu[: n + 1] = x.cu_seqlens_q
+        seqused = np.zeros(self.slots, dtype=np.int32)
+        seqused[:n] = x.seqused_k
+        seqused[n] = b - t  # the padding sequence: its own tokens, no cached prefix
+        tables = np.full((self.slots, self.width), self.scratch, dtype=np.int32)
+        tables[:n, :w] = x.block_tables
+        rows = np.full(b, b - 1, dtype=np.int64)  # unused entries: zeros into the padding row
+        self.embed_values[:b].zero_()
+        if x.embeds is not None:
+            real, values = x.embeds
+            rows[: len(real)] = real
+            self.embed_values[: len(real)].copy_(values)
+        for buf, host in (
+            (self.input_ids, ids),
+            (self.positions, positions),
+            (self.slot_mapping, slot_mapping),
+            (self.embed_rows, rows),
+            (self.cu_seqlens, cu),
+            (self.seqused, seqused),
+            (self.tables, tables),
+        ):
+            buf[: len(host)].copy_(torch.from_numpy(host))
+
+    def _forward(self, b: int) -> torch.Tensor:
+        meta = AttentionMetadata(
+            cu_seqlens_q=self.cu_seqlens,
+            seqused_k=self.seqused,
+            block_tables=self.tables,
+            slot_mapping=self.slot_mapping[:b],
+            max_seqlen_q=b - 1,  # a bound (real rows, or padding): lengths are read on the device
+            max_seqlen_k=self.width * self.runner.config.block_size,
+        )
+        r = self.runner
+        embeds = (self.embed_rows[:b], self.embed_values[:b])
+        return r.model(self.input_ids[:b], self.positions[:b], r.kv_caches, meta, embeds)
+
+    def _capture(self) -> None:
+        """Largest first, so smaller graphs reuse the pool the largest one sized."""
+        pool = torch.cuda.graph_pool_handle()
+        with torch.inference_mode():
+            for b in reversed(self.sizes):
+                self._load_padding(b)
+                self._forward(b)  # warm-up: compiles kernels, settles allocator state
+                torch.cuda.synchronize(self.runner.device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.outputs[b] = self._forward(b)
+                self.graphs[b] = graph
+
+    def _load_padding(self, b: int) -> None:
+        """A batch of padding alone: what the buffers hold while a graph is captured."""
+        bs = self.runner.config.block_size
+        self.input_ids.zero_()
+        self.positions.zero_()
+        self.slot_mapping.fill_(self.scratch * bs)
+        self.embed_rows.fill_(b - 1)
+        self.embed_values.zero_()
+        self.cu_seqlens.fill_(b)
+        self.cu_seqlens[0] = 0
+        self.seqused.zero_()
+        self.seqused[0] = b
+        self.tables.fill_(self.scratch)

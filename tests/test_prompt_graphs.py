@@ -1,0 +1,157 @@
+"""Steps with prompt tokens through the prompt-graph buffers (engine/prompt_graphs.py).
+
+On CPU nothing is captured: `PromptGraphs(capture=False)` runs the model eagerly on the same
+padded static buffers a replay reads, so these tests check the bucketing, the padding sequence,
+the empty slots and the injected rows; tests/gpu/test_cuda_graphs.py checks real replays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from engine.asr import load_qwen3_asr
+from engine.prompt_graphs import PromptGraphs, buckets
+from engine.request import InjectedEmbeds
+from engine.rollback import RollbackConfig
+from engine.runtime import Runtime
+from kernels.attention import PhaseAttention
+from kernels.sdpa import SdpaAttention
+from tests.qwen3_golden import checkpoint, engine, golden, greedy
+from tests.test_asr_streaming import CPU as ASR_CPU
+from tests.test_asr_streaming import long_audio, run_stream
+from tests.tiny_models import build_qwen3_asr as build_asr_checkpoint
+
+PROMPTS = [p["input_ids"] for p in golden()["checkpoints"]["untied"]["prompts"]]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return checkpoint("untied", tmp_path_factory.mktemp("qwen3"))
+
+
+def graphs_for(eng, max_tokens: int = 512) -> PromptGraphs:
+    runner = eng.runner
+    slots = eng.config.max_num_seqs + 1
+    hidden = runner.model.config.hidden_size
+    return PromptGraphs(runner, max_tokens, slots, hidden, capture=False)
+
+
+def test_buckets():
+    assert buckets(64) == [64]
+    assert buckets(100) == [64]
+    assert buckets(2048) == [64, 128, 256, 512, 1024, 2048]
+
+
+def test_prompt_steps_through_the_buffers_match_eager(model_dir):
+    """Requests arrive while others decode, so prompt chunks share steps with decode rows."""
+    lengths = [5 + 3 * i for i in range(len(PROMPTS))]
+
+    def generate(eng) -> list[list[int]]:
+        reqs = []
+        for p, n in zip(PROMPTS, lengths, strict=True):
+            reqs.append(eng.add(p, greedy(n)))
+            eng.step()
+            eng.step()
+        while eng.has_work():
+            eng.step()
+        return [r.output_ids for r in reqs]
+
+    want = generate(engine(model_dir))
+    eng = engine(model_dir)
+    eng.runner.prompt_graphs = graphs_for(eng)
+    assert generate(eng) == want
+    runner = eng.runner
+    assert runner.prompt_steps >= len(PROMPTS)
+    assert runner.prompt_graph_steps == runner.prompt_steps  # every one was under 512 tokens
+
+
+def test_padding_touches_only_the_scratch_block_and_injected_rows_arrive(model_dir):
+    eng = engine(model_dir)
+    runner, graphs = eng.runner, graphs_for(eng)
+    hidden = runner.model.config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    prompt = PROMPTS[0] + PROMPTS[1]
+    embeds = [InjectedEmbeds(2, torch.randn(5, hidden, generator=g))]
+    eng.add(prompt, greedy(1), embeds=embeds)
+    eng.add(PROMPTS[1], greedy(1))
+    x = runner.prepare(eng.scheduler.schedule())
+    assert x.embeds is not None and not x.is_decode
+    assert graphs.bucket(len(x.input_ids)) > len(x.input_ids)  # a padding sequence follows
+
+    before = runner.kv.clone()
+    want = runner.forward(x)
+    kv_eager = runner.kv.clone()
+    runner.kv.copy_(before)
+    got = graphs.run(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    scratch = runner.scratch_block
+    torch.testing.assert_close(runner.kv[:, :, :scratch], kv_eager[:, :, :scratch], rtol=0, atol=0)
+    assert torch.equal(runner.kv[:, :, scratch + 1 :], before[:, :, scratch + 1 :])
+
+    # without the injected rows the same tokens give other states: they did arrive
+    plain = graphs.run(replace(x, embeds=None))
+    assert not torch.allclose(plain, want, atol=1e-3)
+
+
+def test_a_batch_without_a_spare_row_or_slot_runs_eagerly(model_dir):
+    eng = engine(model_dir, max_num_seqs=2)
+    graphs = graphs_for(eng, max_tokens=64)
+    eng.add(list(range(1, 64)), greedy(1))  # 63 tokens: bucket 64 keeps a padding row
+    assert graphs.takes(eng.runner.prepare(eng.scheduler.schedule()))
+    eng = engine(model_dir, max_num_seqs=2)
+    eng.add(list(range(1, 65)), greedy(1))  # 64: no row to spare
+    assert not graphs.takes(eng.runner.prepare(eng.scheduler.schedule()))
+    graphs.slots = 2  # one real sequence and the padding sequence
+    eng = engine(model_dir, max_num_seqs=2)
+    eng.add([1, 2, 3], greedy(1))
+    eng.add([4, 5, 6], greedy(1))
+    assert not graphs.takes(eng.runner.prepare(eng.scheduler.schedule()))
+
+
+class SyncFree(SdpaAttention):
+    name = "sync-free"
+    prompt_graph_safe = True
+
+
+def test_prompt_graphs_need_a_sync_free_prompt_backend(model_dir):
+    eng = engine(model_dir, max_num_batched_tokens=4096)
+    runner = eng.runner
+    assert runner.prompt_graph_tokens() == 0  # SDPA reads the lengths back to the host
+    layers = runner.model.model.layers
+    original = layers[0].self_attn.attn
+    try:
+        layers[0].self_attn.attn = PhaseAttention(
+            SdpaAttention(), SdpaAttention(), short=SyncFree(), long_from=1024
+        )
+        assert runner.prompt_graph_tokens() == 1024
+        layers[0].self_attn.attn = PhaseAttention(SdpaAttention(), SyncFree())
+        assert runner.prompt_graph_tokens() == 2048
+    finally:
+        layers[0].self_attn.attn = original
+
+
+@pytest.mark.anyio
+async def test_a_stream_through_the_prompt_buffers_transcribes_as_eager_steps(tmp_path):
+    """Qwen3-ASR's prompts carry the audio as injected rows, beside the prefix cache's blocks."""
+    path = build_asr_checkpoint(tmp_path / "s", seed=0)
+    audio = long_audio(12.0, burst_at=9.0)
+    traces = []
+    for graphs in (False, True):
+        runtime = Runtime()
+        model = load_qwen3_asr(
+            path, "tiny", runtime=runtime, rollback=RollbackConfig(max_new_tokens=12), **ASR_CPU
+        )
+        runner = model.worker.engine.runner
+        if graphs:  # the static buffers, run eagerly: CPU has no CUDA graphs
+            slots, hidden = runner.config.max_num_seqs + 1, runner.model.config.hidden_size
+            runner.prompt_graphs = PromptGraphs(runner, 1024, slots, hidden, capture=False)
+        model.worker.trace = trace = []
+        await run_stream(model, audio, 32000, 11 * 16000)
+        runtime.shutdown()
+        traces.append([t.generated_ids for t in trace])
+        if graphs:
+            assert runner.prompt_graph_steps == runner.prompt_steps >= len(trace)
+    assert traces[0] == traces[1]
