@@ -189,6 +189,7 @@ class ModelRunner:
             slot_mapping=torch.from_numpy(x.slots).to(dev),
             max_seqlen_q=int(np.diff(x.cu_seqlens_q).max()),
             max_seqlen_k=int(x.seqused_k.max()),
+            fresh=bool(np.array_equal(np.diff(x.cu_seqlens_q), x.seqused_k)),
         )
         embeds = None
         if x.embeds is not None:

@@ -31,6 +31,9 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # (T,) int64: flat cache slot of each new token
     max_seqlen_q: int
     max_seqlen_k: int
+    # Every sequence's KV is its new tokens alone (whole prompts, nothing cached before them):
+    # a backend may attend over the new keys and values in slot order, without the page table.
+    fresh: bool = False
     # tensors a backend derives once per step and reuses in every layer
     derived: dict[str, torch.Tensor] = field(default_factory=dict)
 

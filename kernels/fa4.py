@@ -4,9 +4,10 @@ FA4 reads our cache as it is: pages of (block_size, H_kv, D), one page table row
 lengths in `seqused_k`, causal masking aligned at the end, GQA native. It is a CuTe-DSL kernel
 for sm_90 and newer, compiled on first use of each kernel variant (2-4 s on the H200). The
 compiled kernels are kept on disk (`compile_cache`), so that a machine compiles each variant
-once, not every server start. There is no CPU path and no float32 kernel; float32 goes to
-SDPA. The package is the optional extra `rtserve[gpu]`; `fa4_unavailable` says why it cannot be
-used here, if it cannot.
+once, not every server start. Whole prompts (`meta.fresh`: nothing cached before them) take
+FA4's dense varlen path over their new K/V instead of the page table. There is no CPU path and
+no float32 kernel; float32 goes to SDPA. The package is the optional extra `rtserve[gpu]`;
+`fa4_unavailable` says why it cannot be used here, if it cannot.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class FlashAttention4:
     ) -> torch.Tensor:
         if q.dtype not in (torch.float16, torch.bfloat16):
             return self.float32(q, k_cache, v_cache, meta, scale)
+        if meta.fresh and not meta.is_decode:
+            return self._fresh(q, k_cache, v_cache, meta, scale)
         out, _ = self._varlen(
             q,
             k_cache,
@@ -108,6 +111,25 @@ class FlashAttention4:
             max_seqlen_q=meta.max_seqlen_q,
             max_seqlen_k=meta.max_seqlen_k,
             page_table=meta.block_tables,
+            softmax_scale=scale,
+            causal=True,
+        )
+        return out
+
+    def _fresh(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        """Whole prompts: the new keys and values gathered from their slots into contiguous
+        (T, H_kv, D) tensors, then FA4's dense varlen path, which loads them with TMA; with
+        16-token pages its paged path gathers them row by row instead (docs/benchmarks.md)."""
+        k = k_cache.flatten(0, 1)[meta.slot_mapping]
+        v = v_cache.flatten(0, 1)[meta.slot_mapping]
+        out, _ = self._varlen(
+            q,
+            k,
+            v,
+            cu_seqlens_q=meta.cu_seqlens_q,
+            cu_seqlens_k=meta.cu_seqlens_q,
+            max_seqlen_q=meta.max_seqlen_q,
+            max_seqlen_k=meta.max_seqlen_q,
             softmax_scale=scale,
             causal=True,
         )

@@ -103,6 +103,38 @@ def test_prefix_cache_reuses_full_blocks(model_dir):
     torch.testing.assert_close(logits[0], cold[-1], atol=1e-4, rtol=1e-4)
 
 
+def test_steps_of_whole_prompts_are_marked_fresh(model_dir):
+    """`fresh` lets a backend skip the page table (FA4's dense path); a cached prefix, a prompt
+    chunk after the first or a decode row in the step must clear it."""
+    eng = engine(model_dir, max_prefill_chunk=16)
+    attn = eng.runner.attention
+    seen = []
+
+    def recording(q, k_cache, v_cache, meta, scale):
+        seen.append(meta.fresh)
+        return attn(q, k_cache, v_cache, meta, scale)
+
+    for layer in eng.model.model.layers:
+        layer.self_attn.attn = recording
+    layers = len(eng.model.model.layers)
+    eng.add(PROMPTS[0]["input_ids"], greedy(2))  # 8 tokens
+    eng.add(PROMPTS[2]["input_ids"][:14], greedy(2))
+    eng.step()
+    assert seen == [True] * layers  # two whole prompts, nothing cached
+    seen.clear()
+    eng.step()
+    assert seen and not any(seen)  # decode rows
+    while eng.has_work():
+        eng.step()
+    long = eng.add(PROMPTS[3]["input_ids"][::-1], greedy(1))  # 37 new tokens, chunks of 16
+    fresh_steps = []
+    while not long.output_ids:
+        seen.clear()
+        eng.step()
+        fresh_steps.append(all(seen))
+    assert fresh_steps == [True, False, False]  # only the first chunk has nothing before it
+
+
 def test_prefix_cache_keys_include_injected_embeddings(model_dir):
     eng = engine(model_dir)
     case = golden()["checkpoints"]["untied"]["injected"]

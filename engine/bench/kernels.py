@@ -7,17 +7,18 @@
   (4 * S^2 / 2 * H * D per sequence: QK^T and PV, half the matrix under the causal mask),
   against a large bf16 matmul measured in the same run.
 
-Backends: ours (triton-paged), FlashAttention-4 when importable (fa4), torch's varlen
-FlashAttention-2 over the gathered cache (torch-varlen), and SDPA on contiguous dense K/V
-(sdpa-dense: what attention costs with no paging at all). Timings: the median of `repeats`
-runs after a warm-up, by CUDA events; decode calls are replayed from CUDA graphs (as the engine
-runs them; torch-varlen, which syncs with the host, runs eagerly).
+Backends: ours (triton-paged), FlashAttention-4 when importable (fa4; for prefill also
+fa4-fresh, its path for whole prompts: the new K/V gathered from their slots, then FA4's dense
+kernel), torch's varlen FlashAttention-2 over the gathered cache (torch-varlen), and SDPA on
+contiguous dense K/V (sdpa-dense: what attention costs with no paging at all). Timings: the
+median of `repeats` runs after a warm-up, by CUDA events; decode calls are replayed from CUDA
+graphs (as the engine runs them; torch-varlen, which syncs with the host, runs eagerly).
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,16 @@ def paged(b: KernelsBench, seqs: list[int], new: list[int], g: torch.Generator):
         tables[i, :n] = perm[at : at + n]
         at += n
     cu = torch.tensor([0, *torch.tensor(new).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+    # the new tokens are the last of each sequence: their slots, as the engine writes them
+    pos = torch.cat([torch.arange(s - n, s, device=dev) for s, n in zip(seqs, new, strict=True)])
+    owner = torch.arange(len(seqs), device=dev)
+    seq = torch.repeat_interleave(owner, torch.tensor(new, device=dev))
+    slots = tables[seq, pos // bs].long() * bs + pos % bs
     meta = AttentionMetadata(
         cu_seqlens_q=cu,
         seqused_k=torch.tensor(seqs, dtype=torch.int32, device=dev),
         block_tables=tables,
-        slot_mapping=torch.zeros(sum(new), dtype=torch.int64, device=dev),
+        slot_mapping=slots,
         max_seqlen_q=max(new),
         max_seqlen_k=max(seqs),
     )
@@ -178,6 +184,10 @@ def _prefill_case(b: KernelsBench, backends, batch: int, length: int, g, mm_tflo
         call = lambda attn=attn: attn(q, k, v, meta, scale)  # noqa: E731
         ms = _time_ms(call, b.repeats, graph=False)  # long kernels: launches do not matter
         rows.append(_prefill_row(name, batch, length, ms, flops, mm_tflops))
+    if "fa4" in backends:  # whole prompts as the engine sends them: K/V gathered, dense path
+        fresh = replace(meta, fresh=True)
+        ms = _time_ms(lambda: backends["fa4"](q, k, v, fresh, scale), b.repeats, graph=False)
+        rows.append(_prefill_row("fa4-fresh", batch, length, ms, flops, mm_tflops))
     dq, dk, dv = _dense(b, batch, length, length, g)
     ms = _time_ms(lambda: _sdpa(dq, dk, dv, scale, causal=True), b.repeats, graph=False)
     return [*rows, _prefill_row("sdpa-dense", batch, length, ms, flops, mm_tflops)]
