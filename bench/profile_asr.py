@@ -11,9 +11,10 @@ the bench's row and:
 - the runtime thread's phases, wall time and calls: the audio and commands queued by the event
   loop, applied between steps (`inbox`), the log-mel of the due windows (`log_mel`),
   the batched encoder call (`encoder`), the prompts' submission (`submit`), engine steps replayed
-  from a decode CUDA graph and those run eagerly (a step that computes prompt tokens), with
-  their mean batch; and the thread's busy share (its `step` calls over the wall time; `inbox`
-  is outside it);
+  from a decode CUDA graph, from a prompt graph (`--prompt-graphs`) and those run eagerly, with
+  their mean batch; the thread's busy share (its `step` calls over the wall time; `inbox` is
+  outside it); its wait for work (`idle`); and the rest (`other`: the loop's own turns, and
+  waits for the GIL while the event loop's thread runs);
 - each ASR request's life: submitted -> first token (waiting for a step that takes prompts, and
   the prefill) -> last token (the decode), p50/p95.
 
@@ -79,6 +80,7 @@ def instrument(system, clock: Clock) -> None:
     timed(clock, worker, "encode_windows", "encoder")  # eager or from CUDA graphs
     timed(clock, worker, "take_inbox", "inbox")
     timed(clock, worker, "step", "thread busy")
+    timed(clock, system.runtime._cond, "wait", "idle")  # the loop's wait for work
     add, step, runner = engine.add, engine.step, engine.runner
 
     def submit(*args, **kwargs):
@@ -89,11 +91,16 @@ def instrument(system, clock: Clock) -> None:
         return req
 
     def engine_step():
-        graphs = runner.graph_steps
+        graphs, prompt_graphs = runner.graph_steps, runner.prompt_graph_steps
         t0 = time.perf_counter()
         outputs = step()
         now = time.perf_counter()
-        kind = "step, graph" if runner.graph_steps > graphs else "step, eager"
+        if runner.graph_steps > graphs:
+            kind = "step, graph"
+        elif runner.prompt_graph_steps > prompt_graphs:
+            kind = "step, prompt graph"
+        else:
+            kind = "step, eager"
         clock.add(kind, now - t0, len(outputs))
         for out in outputs:
             times = clock.requests.get(out.request_id)
@@ -107,8 +114,13 @@ def instrument(system, clock: Clock) -> None:
 def report(clock: Clock, wall: float) -> str:
     lines = [f"runtime thread over {wall:.1f} s of wall time:"]
     header = ("phase", "calls", "wall ms", "share", "ms/call", "batch")
-    lines.append("{:<12} {:>7} {:>9} {:>6} {:>8} {:>6}".format(*header))
-    order = ("inbox", "log_mel", "encoder", "submit", "step, graph", "step, eager", "thread busy")
+    lines.append("{:<18} {:>7} {:>9} {:>6} {:>8} {:>6}".format(*header))
+    accounted = sum(clock.seconds[k] for k in ("inbox", "thread busy", "idle"))
+    clock.seconds["other"], clock.calls["other"] = max(0.0, wall - accounted), 1
+    order = (
+        "inbox", "log_mel", "encoder", "submit", "step, graph", "step, prompt graph",
+        "step, eager", "thread busy", "idle", "other",
+    )  # fmt: skip
     for name in order:
         n = clock.calls.get(name, 0)
         if not n:
@@ -116,7 +128,7 @@ def report(clock: Clock, wall: float) -> str:
         ms = 1000 * clock.seconds[name]
         batch = f"{clock.rows[name] / n:6.1f}" if name.startswith("step") else ""
         lines.append(
-            f"{name:<12} {n:>7} {ms:>9.0f} {ms / 10 / wall:>5.0f}% {ms / n:>8.2f} {batch:>6}"
+            f"{name:<18} {n:>7} {ms:>9.0f} {ms / 10 / wall:>5.0f}% {ms / n:>8.2f} {batch:>6}"
         )
     done = [t for t in clock.requests.values() if len(t) == 3]
     if done:
@@ -141,6 +153,8 @@ def main() -> None:
     ap.add_argument("--offline", type=int, metavar="C", help="C clips at once instead")
     ap.add_argument("--performance-mode", default="balanced")
     ap.add_argument("--prefill-interval", type=int, default=AsrBench.prefill_interval)
+    ap.add_argument("--encoder-graphs", action="store_true", help="as rtserve bench asr's")
+    ap.add_argument("--prompt-graphs", action="store_true", help="as rtserve bench asr's")
     ap.add_argument("--ops", action="store_true", help="also a torch.profiler run: top operators")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", type=Path, help="folder for the Chrome trace (with --ops)")
@@ -152,6 +166,8 @@ def main() -> None:
         duration=a.duration,
         performance_mode=a.performance_mode,
         prefill_interval=a.prefill_interval,
+        encoder_graphs=a.encoder_graphs,
+        prompt_graphs=a.prompt_graphs,
     )
     sizes = [a.offline] if a.offline else a.streams
     torch.manual_seed(b.seed)
