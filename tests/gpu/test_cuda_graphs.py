@@ -78,7 +78,7 @@ def test_replayed_decode_matches_eager(model):
 
 def test_replayed_prompt_steps_match_eager(model):
     g = torch.Generator().manual_seed(2)
-    lengths = [3, 40, 17, 300, 1, 64, 129, 5, 77, 1500]
+    lengths = [3, 40, 17, 300, 1, 64, 129, 5, 77, 1000]  # all at once: under 2,048 tokens
     prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in lengths]
     max_tokens = [10 + 3 * i for i in range(len(prompts))]
     audio = [InjectedEmbeds(5, torch.randn(20, CONFIG["hidden_size"], generator=g).cuda())]
