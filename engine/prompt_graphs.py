@@ -108,8 +108,6 @@ class PromptGraphs:
         seqused = np.zeros(self.slots, dtype=np.int32)
         seqused[:n] = x.seqused_k
         seqused[n] = b - t  # the padding sequence: its own tokens, no cached prefix
-        tables = np.full((self.slots, self.width), self.scratch, dtype=np.int32)
-        tables[:n, :w] = x.block_tables
         rows = np.full(b, b - 1, dtype=np.int64)  # unused entries: zeros into the padding row
         self.embed_values[:b].zero_()
         if x.embeds is not None:
@@ -123,9 +121,13 @@ class PromptGraphs:
             (self.embed_rows, rows),
             (self.cu_seqlens, cu),
             (self.seqused, seqused),
-            (self.tables, tables),
         ):
             buf[: len(host)].copy_(torch.from_numpy(host))
+        # Table columns past a sequence's length and rows past the padding sequence are never
+        # read (the kernels stop at seqused_k, and empty sequences read nothing), so only the
+        # batch's own rows are copied: the whole table is slots x max_model_len / block_size.
+        self.tables[:n, :w].copy_(torch.from_numpy(np.ascontiguousarray(x.block_tables)))
+        self.tables[n].fill_(self.scratch)
 
     def _forward(self, b: int) -> torch.Tensor:
         meta = AttentionMetadata(
