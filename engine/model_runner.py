@@ -146,7 +146,7 @@ class ModelRunner:
     def _capture_prompt_graphs(self) -> PromptGraphs | None:
         max_tokens = self.prompt_graph_tokens()
         if max_tokens < 64:
-            log.info("no prompt graphs: attention %s syncs with the host", phases(self.attention))
+            log.info("no prompt graphs: %s cannot run prompts in a graph", phases(self.attention))
             return None
         slots = self.config.max_num_seqs + 1  # and the padding sequence
         hidden = self.model.config.hidden_size
