@@ -36,15 +36,59 @@ def buckets(max_batch: int) -> list[int]:
     return sorted(s for s in sizes if s <= max_batch)
 
 
-class DecodeGraphs:
+class BucketGraphs:
+    """One CUDA graph of `_forward(b)` per bucket size b, sharing one memory pool: what decode
+    steps, prompt steps (engine/prompt_graphs.py) and the speech encoder's calls
+    (engine/encoder_graphs.py) have in common. Subclasses hold the static buffers `_forward`
+    reads, fill them before `_replay`, and set them to padding for a capture (`_prepare`)."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.sizes = sizes
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}  # each graph's output, in the pool
+
+    def bucket(self, n: int) -> int:
+        """The smallest bucket that holds n rows."""
+        return next(b for b in self.sizes if b >= n)
+
+    def _forward(self, b: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _prepare(self, b: int) -> None:
+        """The buffers as a capture of bucket b should see them (default: as they are)."""
+
+    def _replay(self, b: int) -> torch.Tensor:
+        """Bucket b's output from its graph, or computed eagerly when it has none (CPU tests,
+        `capture=False`): the same buffers either way."""
+        graph = self.graphs.get(b)
+        if graph is None:
+            return self._forward(b)
+        graph.replay()
+        return self.outputs[b]
+
+    def _capture(self, device: torch.device) -> None:
+        """Largest first, so smaller graphs reuse the pool the largest one sized."""
+        pool = torch.cuda.graph_pool_handle()
+        with torch.inference_mode():
+            for b in reversed(self.sizes):
+                self._prepare(b)
+                self._forward(b)  # warm-up: compiles kernels, settles allocator state
+                torch.cuda.synchronize(device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.outputs[b] = self._forward(b)
+                self.graphs[b] = graph
+
+
+class DecodeGraphs(BucketGraphs):
     """Static buffers and captured graphs for decode batches of up to `max_batch` rows.
 
     With `capture=False` nothing is captured and `run` calls the model eagerly on the padded
     buffers: the same inputs a replay sees, which lets CPU tests check the padding."""
 
     def __init__(self, runner: ModelRunner, max_batch: int, capture: bool) -> None:
+        super().__init__(buckets(max_batch))
         self.runner = runner
-        self.sizes = buckets(max_batch)
         bs = runner.config.block_size
         self.width = -(-runner.max_model_len // bs)  # block table columns
         self.scratch = runner.scratch_block
@@ -56,13 +100,8 @@ class DecodeGraphs:
         self.seqused = torch.ones(n, dtype=torch.int32, device=dev)
         self.tables = torch.full((n, self.width), self.scratch, dtype=torch.int32, device=dev)
         self.cu_seqlens = torch.arange(n + 1, dtype=torch.int32, device=dev)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}  # each graph's hidden states (b, hidden)
         if capture:
-            self._capture()
-
-    def bucket(self, n: int) -> int:
-        return next(b for b in self.sizes if b >= n)
+            self._capture(dev)
 
     def takes(self, x: StepInputs) -> bool:
         return (
@@ -77,11 +116,7 @@ class DecodeGraphs:
         n = len(x.input_ids)
         b = self.bucket(n)
         self._load(x, b)
-        graph = self.graphs.get(b)
-        if graph is None:
-            return self._forward(b)[:n]
-        graph.replay()
-        return self.outputs[b][:n]
+        return self._replay(b)[:n]
 
     def _load(self, x: StepInputs, b: int) -> None:
         n, w = len(x.input_ids), x.block_tables.shape[1]
@@ -115,15 +150,5 @@ class DecodeGraphs:
         r = self.runner
         return r.model(self.input_ids[:b], self.positions[:b], r.kv_caches, meta, None)
 
-    def _capture(self) -> None:
-        """Largest first, so smaller graphs reuse the pool the largest one sized."""
-        pool = torch.cuda.graph_pool_handle()
-        self._pad(0, self.sizes[-1])
-        with torch.inference_mode():
-            for b in reversed(self.sizes):
-                self._forward(b)  # warm-up: compiles kernels, settles allocator state
-                torch.cuda.synchronize(self.runner.device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self.outputs[b] = self._forward(b)
-                self.graphs[b] = graph
+    def _prepare(self, b: int) -> None:
+        self._pad(0, b)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.cuda_graphs import BucketGraphs
 from engine.models.qwen3_asr import CHUNK_FRAMES, AuTEncoder, audio_tokens
 
 MAX_WINDOWS = 64  # the largest bucket: a call for 64 windows or fewer is one replay
@@ -29,7 +30,7 @@ def window_buckets(max_windows: int) -> list[int]:
     return sorted(s for s in sizes if s <= max_windows)
 
 
-class EncoderGraphs:
+class EncoderGraphs(BucketGraphs):
     def __init__(
         self,
         encoder: AuTEncoder,
@@ -40,19 +41,17 @@ class EncoderGraphs:
         cfg = encoder.config
         if cfg.window_frames % CHUNK_FRAMES:
             raise ValueError(f"windows of {cfg.window_frames} frames are not whole chunks")
+        super().__init__(window_buckets(max_windows))
         self.encoder = encoder
         self.frames = cfg.window_frames
-        self.sizes = window_buckets(max_windows)
         device = encoder.conv_out.weight.device
         n = self.sizes[-1]
         self.feats = torch.zeros(n, cfg.num_mel_bins, self.frames, dtype=dtype, device=device)
         self.lengths = torch.ones(n, dtype=torch.long, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}  # each graph's (b, tokens, output_dim)
         self.calls = 0  # batches run, from a graph or (not captured) eagerly
         self.replays = 0  # of them, from a graph
         if capture:
-            self._capture()
+            self._capture(device)
 
     def takes(self, windows: list[torch.Tensor]) -> bool:
         return all(0 < f.shape[1] <= self.frames for f in windows)
@@ -65,9 +64,6 @@ class EncoderGraphs:
             out += self._run(windows[i : i + most])
         return out
 
-    def bucket(self, n: int) -> int:
-        return next(b for b in self.sizes if b >= n)
-
     def _run(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
         n = len(windows)
         b = self.bucket(n)
@@ -77,13 +73,8 @@ class EncoderGraphs:
         for i, f in enumerate(windows):
             self.feats[i, :, : f.shape[1]] = f
         self.lengths[:b].copy_(torch.tensor(frames + [1] * (b - n)))
-        graph = self.graphs.get(b)
-        if graph is None:
-            h = self._forward(b)
-        else:
-            graph.replay()
-            self.replays += 1
-            h = self.outputs[b]
+        h = self._replay(b)  # (b, tokens, output_dim)
+        self.replays += b in self.graphs
         # one copy out of the graph's memory, which the next replay overwrites (a long prompt's
         # embeddings are read over several engine steps)
         h = h[:n].clone()
@@ -92,16 +83,3 @@ class EncoderGraphs:
     def _forward(self, b: int) -> torch.Tensor:
         h, _ = self.encoder.encode_padded(self.feats[:b], self.lengths[:b])
         return h
-
-    def _capture(self) -> None:
-        """Largest first, so smaller graphs reuse the pool the largest one sized."""
-        pool = torch.cuda.graph_pool_handle()
-        device = self.feats.device
-        with torch.inference_mode():
-            for b in reversed(self.sizes):
-                self._forward(b)  # warm-up: compiles kernels, settles allocator state
-                torch.cuda.synchronize(device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self.outputs[b] = self._forward(b)
-                self.graphs[b] = graph

@@ -182,14 +182,15 @@ class ModelRunner:
     def forward(self, x: StepInputs) -> torch.Tensor:
         """The model on exactly this batch (T, hidden), outside any graph."""
         dev = self.device
+        q_lens = np.diff(x.cu_seqlens_q)
         meta = AttentionMetadata(
             cu_seqlens_q=torch.from_numpy(x.cu_seqlens_q).to(dev),
             seqused_k=torch.from_numpy(x.seqused_k).to(dev),
             block_tables=torch.from_numpy(x.block_tables).to(dev),
             slot_mapping=torch.from_numpy(x.slots).to(dev),
-            max_seqlen_q=int(np.diff(x.cu_seqlens_q).max()),
+            max_seqlen_q=int(q_lens.max()),
             max_seqlen_k=int(x.seqused_k.max()),
-            fresh=bool(np.array_equal(np.diff(x.cu_seqlens_q), x.seqused_k)),
+            fresh=bool(np.array_equal(q_lens, x.seqused_k)),
         )
         embeds = None
         if x.embeds is not None:

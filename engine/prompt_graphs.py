@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from engine.cuda_graphs import BucketGraphs
 from kernels.attention import AttentionMetadata
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def buckets(max_tokens: int) -> list[int]:
     return sizes
 
 
-class PromptGraphs:
+class PromptGraphs(BucketGraphs):
     """Static buffers and captured graphs for steps with up to max(buckets) - 1 tokens and
     `slots` - 1 sequences.
 
@@ -50,8 +51,8 @@ class PromptGraphs:
     def __init__(
         self, runner: ModelRunner, max_tokens: int, slots: int, hidden: int, capture: bool
     ) -> None:
+        super().__init__(buckets(max_tokens))
         self.runner = runner
-        self.sizes = buckets(max_tokens)
         self.slots = slots
         bs = runner.config.block_size
         self.width = -(-runner.max_model_len // bs)  # block table columns
@@ -66,14 +67,8 @@ class PromptGraphs:
         self.cu_seqlens = torch.zeros(slots + 1, dtype=torch.int32, device=dev)
         self.seqused = torch.zeros(slots, dtype=torch.int32, device=dev)
         self.tables = torch.zeros(slots, self.width, dtype=torch.int32, device=dev)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}  # each graph's hidden states (T, hidden)
         if capture:
-            self._capture()
-
-    def bucket(self, t: int) -> int:
-        """The smallest bucket with a padding row to spare."""
-        return next(b for b in self.sizes if b > t)
+            self._capture(dev)
 
     def takes(self, x: StepInputs) -> bool:
         return (
@@ -86,13 +81,9 @@ class PromptGraphs:
     def run(self, x: StepInputs) -> torch.Tensor:
         """The hidden states (t, hidden) of a batch of t tokens."""
         t = len(x.input_ids)
-        b = self.bucket(t)
+        b = self.bucket(t + 1)  # a row to spare: the padding sequence is never empty
         self._load(x, b)
-        graph = self.graphs.get(b)
-        if graph is None:
-            return self._forward(b)[:t]
-        graph.replay()
-        return self.outputs[b][:t]
+        return self._replay(b)[:t]
 
     def _load(self, x: StepInputs, b: int) -> None:
         t, n, w = len(x.input_ids), len(x.seqused_k), x.block_tables.shape[1]
@@ -142,20 +133,7 @@ class PromptGraphs:
         embeds = (self.embed_rows[:b], self.embed_values[:b])
         return r.model(self.input_ids[:b], self.positions[:b], r.kv_caches, meta, embeds)
 
-    def _capture(self) -> None:
-        """Largest first, so smaller graphs reuse the pool the largest one sized."""
-        pool = torch.cuda.graph_pool_handle()
-        with torch.inference_mode():
-            for b in reversed(self.sizes):
-                self._load_padding(b)
-                self._forward(b)  # warm-up: compiles kernels, settles allocator state
-                torch.cuda.synchronize(self.runner.device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self.outputs[b] = self._forward(b)
-                self.graphs[b] = graph
-
-    def _load_padding(self, b: int) -> None:
+    def _prepare(self, b: int) -> None:
         """A batch of padding alone: what the buffers hold while a graph is captured."""
         bs = self.runner.config.block_size
         self.input_ids.zero_()

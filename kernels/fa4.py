@@ -101,36 +101,27 @@ class FlashAttention4:
         if q.dtype not in (torch.float16, torch.bfloat16):
             return self.float32(q, k_cache, v_cache, meta, scale)
         if meta.fresh and not meta.is_decode:
-            return self._fresh(q, k_cache, v_cache, meta, scale)
-        out, _ = self._varlen(
-            q,
-            k_cache,
-            v_cache,
-            cu_seqlens_q=meta.cu_seqlens_q,
-            seqused_k=meta.seqused_k,
-            max_seqlen_q=meta.max_seqlen_q,
-            max_seqlen_k=meta.max_seqlen_k,
-            page_table=meta.block_tables,
-            softmax_scale=scale,
-            causal=True,
-        )
-        return out
-
-    def _fresh(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        """Whole prompts: the new keys and values gathered from their slots into contiguous
-        (T, H_kv, D) tensors, then FA4's dense varlen path, which loads them with TMA; with
-        16-token pages its paged path gathers them row by row instead (docs/benchmarks.md)."""
-        k = k_cache.flatten(0, 1)[meta.slot_mapping]
-        v = v_cache.flatten(0, 1)[meta.slot_mapping]
+            # Whole prompts: their new keys and values gathered from their slots into contiguous
+            # (T, H_kv, D) tensors, for FA4's dense varlen path, which loads them with TMA; with
+            # 16-token pages its paged path gathers them row by row instead (docs/benchmarks.md).
+            k = k_cache.flatten(0, 1)[meta.slot_mapping]
+            v = v_cache.flatten(0, 1)[meta.slot_mapping]
+            keys = dict(cu_seqlens_k=meta.cu_seqlens_q, max_seqlen_k=meta.max_seqlen_q)
+        else:
+            k, v = k_cache, v_cache
+            keys = dict(
+                seqused_k=meta.seqused_k,
+                max_seqlen_k=meta.max_seqlen_k,
+                page_table=meta.block_tables,
+            )
         out, _ = self._varlen(
             q,
             k,
             v,
             cu_seqlens_q=meta.cu_seqlens_q,
-            cu_seqlens_k=meta.cu_seqlens_q,
             max_seqlen_q=meta.max_seqlen_q,
-            max_seqlen_k=meta.max_seqlen_q,
             softmax_scale=scale,
             causal=True,
+            **keys,
         )
         return out

@@ -83,6 +83,21 @@ async def run_stream(model, audio: np.ndarray, step: int, final_at: int) -> list
     return out
 
 
+async def traced_stream(
+    path, audio: np.ndarray, final_at: int, setup=None, **engine
+) -> tuple[list, AsrWorker]:
+    """One stream fed 2 s at a time through a model freshly loaded from `path` with these
+    engine settings (`setup(worker)` may change its worker first): its steps and its worker."""
+    runtime = Runtime()
+    model = load_qwen3_asr(path, "tiny", runtime=runtime, rollback=ROLLBACK, **engine)
+    if setup is not None:
+        setup(model.worker)
+    model.worker.trace = trace = []
+    await run_stream(model, audio, 32000, final_at)
+    runtime.shutdown()
+    return trace, model.worker
+
+
 async def test_cached_path_equals_the_naive_loop_through_a_clamp_jump(model_dir):
     audio = long_audio(24.0, burst_at=19.0)
     runtime = Runtime()

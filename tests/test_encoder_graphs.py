@@ -7,12 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.asr import build_qwen3_asr, load_qwen3_asr
+from engine.asr import build_qwen3_asr
 from engine.config import EngineConfig
 from engine.encoder_graphs import EncoderGraphs, window_buckets
-from engine.rollback import RollbackConfig
-from engine.runtime import Runtime
-from tests.test_asr_streaming import CPU, long_audio, run_stream
+from tests.test_asr_streaming import CPU, long_audio, traced_stream
 from tests.tiny_models import build_qwen3_asr as build_checkpoint
 
 
@@ -47,21 +45,14 @@ def test_padded_buckets_give_the_eager_encoders_numbers(tmp_path):
 async def test_a_stream_through_the_graph_path_transcribes_as_the_eager_encoder(tmp_path):
     path = build_checkpoint(tmp_path / "s", seed=0)
     audio = long_audio(12.0, burst_at=9.0)
-    traces = []
-    for graphs in (False, True):
-        runtime = Runtime()
-        model = load_qwen3_asr(
-            path, "tiny", runtime=runtime, rollback=RollbackConfig(max_new_tokens=12), **CPU
+
+    def buffers(worker) -> None:  # the static buffers, run eagerly: CPU has no CUDA graphs
+        worker.encoder_graphs = EncoderGraphs(
+            worker.model.encoder, torch.float32, max_windows=2, capture=False
         )
-        worker = model.worker
-        if graphs:  # the static buffers, run eagerly: CPU has no CUDA graphs
-            worker.encoder_graphs = EncoderGraphs(
-                worker.model.encoder, torch.float32, max_windows=2, capture=False
-            )
-        worker.trace = trace = []
-        await run_stream(model, audio, 32000, 11 * 16000)
-        runtime.shutdown()
-        traces.append([(t.encoder_tokens, t.generated_ids) for t in trace])
-        if graphs:
-            assert worker.encoder_graphs.calls >= len(trace) - 1  # (not the final's, if cached)
-    assert traces[0] == traces[1]
+
+    eager, _ = await traced_stream(path, audio, 11 * 16000, **CPU)
+    graphed, worker = await traced_stream(path, audio, 11 * 16000, buffers, **CPU)
+    assert worker.encoder_graphs.calls >= len(graphed) - 1  # (not the final's, if cached)
+    steps = lambda trace: [(t.encoder_tokens, t.generated_ids) for t in trace]  # noqa: E731
+    assert steps(eager) == steps(graphed)

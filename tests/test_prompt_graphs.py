@@ -12,16 +12,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.asr import load_qwen3_asr
 from engine.prompt_graphs import PromptGraphs, buckets
 from engine.request import InjectedEmbeds
-from engine.rollback import RollbackConfig
-from engine.runtime import Runtime
 from kernels.attention import PhaseAttention
 from kernels.sdpa import SdpaAttention
 from tests.qwen3_golden import checkpoint, engine, golden, greedy
 from tests.test_asr_streaming import CPU as ASR_CPU
-from tests.test_asr_streaming import long_audio, run_stream
+from tests.test_asr_streaming import long_audio, traced_stream
 from tests.tiny_models import build_qwen3_asr as build_asr_checkpoint
 
 PROMPTS = [p["input_ids"] for p in golden()["checkpoints"]["untied"]["prompts"]]
@@ -79,13 +76,14 @@ def test_padding_touches_only_the_scratch_block_and_injected_rows_arrive(model_d
     eng.add(PROMPTS[1], greedy(1))
     x = runner.prepare(eng.scheduler.schedule())
     assert x.embeds is not None and not x.is_decode
-    assert graphs.bucket(len(x.input_ids)) > len(x.input_ids)  # a padding sequence follows
 
     before = runner.kv.clone()
     want = runner.forward(x)
     kv_eager = runner.kv.clone()
     runner.kv.copy_(before)
     got = graphs.run(x)
+    n = len(x.seqused_k)  # a padding sequence follows the batch's, with tokens of its own
+    assert graphs.seqused[n] == graphs.cu_seqlens[n + 1] - graphs.cu_seqlens[n] > 0
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     scratch = runner.scratch_block
     torch.testing.assert_close(runner.kv[:, :, :scratch], kv_eager[:, :, :scratch], rtol=0, atol=0)
@@ -138,20 +136,14 @@ async def test_a_stream_through_the_prompt_buffers_transcribes_as_eager_steps(tm
     """Qwen3-ASR's prompts carry the audio as injected rows, beside the prefix cache's blocks."""
     path = build_asr_checkpoint(tmp_path / "s", seed=0)
     audio = long_audio(12.0, burst_at=9.0)
-    traces = []
-    for graphs in (False, True):
-        runtime = Runtime()
-        model = load_qwen3_asr(
-            path, "tiny", runtime=runtime, rollback=RollbackConfig(max_new_tokens=12), **ASR_CPU
-        )
-        runner = model.worker.engine.runner
-        if graphs:  # the static buffers, run eagerly: CPU has no CUDA graphs
-            slots, hidden = runner.config.max_num_seqs + 1, runner.model.config.hidden_size
-            runner.prompt_graphs = PromptGraphs(runner, 1024, slots, hidden, capture=False)
-        model.worker.trace = trace = []
-        await run_stream(model, audio, 32000, 11 * 16000)
-        runtime.shutdown()
-        traces.append([t.generated_ids for t in trace])
-        if graphs:
-            assert runner.prompt_graph_steps == runner.prompt_steps >= len(trace)
-    assert traces[0] == traces[1]
+
+    def buffers(worker) -> None:  # the static buffers, run eagerly: CPU has no CUDA graphs
+        runner = worker.engine.runner
+        slots, hidden = runner.config.max_num_seqs + 1, runner.model.config.hidden_size
+        runner.prompt_graphs = PromptGraphs(runner, 1024, slots, hidden, capture=False)
+
+    eager, _ = await traced_stream(path, audio, 11 * 16000, **ASR_CPU)
+    graphed, worker = await traced_stream(path, audio, 11 * 16000, buffers, **ASR_CPU)
+    runner = worker.engine.runner
+    assert runner.prompt_graph_steps == runner.prompt_steps >= len(graphed)
+    assert [t.generated_ids for t in graphed] == [t.generated_ids for t in eager]

@@ -17,7 +17,7 @@ from engine.rollback import RollbackConfig, raw_mels
 from engine.runtime import Runtime
 from engine.streaming import Final, Partial, StreamOptions
 from tests import test_qwen3_asr as parity
-from tests.test_asr_streaming import long_audio, naive_refeed, run_stream
+from tests.test_asr_streaming import long_audio, naive_refeed, traced_stream
 from tests.tiny_models import build_qwen3_asr as build_checkpoint
 
 pytestmark = pytest.mark.gpu
@@ -64,13 +64,7 @@ def test_encoder_and_logits_match_on_cuda(root, monkeypatch):
 async def test_cached_streaming_equals_the_naive_loop_on_cuda(root):
     path = build_checkpoint(root / "tiny", seed=0)
     audio = long_audio(24.0, burst_at=19.0)
-    runtime = Runtime()
-    model = load_qwen3_asr(
-        path, "tiny", runtime=runtime, rollback=RollbackConfig(max_new_tokens=12), **CUDA
-    )
-    model.worker.trace = trace = []
-    await run_stream(model, audio, 32000, 23 * 16000)
-    runtime.shutdown()
+    trace, _ = await traced_stream(path, audio, 23 * 16000, **CUDA)
     naive = naive_refeed(path, audio, [t.upto for t in trace], device="cuda")
     same = [ours.generated_ids == ref for ours, ref in zip(trace, naive, strict=True)]
     # GPU kernels round differently for cached and uncached prompts, and this random model has
@@ -138,17 +132,10 @@ async def test_streaming_with_encoder_graphs_equals_the_eager_encoder(root):
     audio = long_audio(24.0, burst_at=19.0)
     traces = []
     for graphs in (False, True):
-        runtime = Runtime()
-        model = load_qwen3_asr(
-            path, "tiny", runtime=runtime, rollback=RollbackConfig(max_new_tokens=12),
-            encoder_graphs=graphs, **CUDA,
-        )  # fmt: skip
-        assert (model.worker.encoder_graphs is not None) == graphs
-        model.worker.trace = trace = []
-        await run_stream(model, audio, 32000, 23 * 16000)
-        runtime.shutdown()
+        trace, worker = await traced_stream(path, audio, 23 * 16000, encoder_graphs=graphs, **CUDA)
+        assert (worker.encoder_graphs is not None) == graphs
         traces.append([t.generated_ids for t in trace])
         if graphs:
-            assert model.worker.encoder_graphs.replays > 0
+            assert worker.encoder_graphs.replays > 0
     same = [a == b for a, b in zip(*traces, strict=True)]
     assert all(same[:4]) and sum(same) >= 0.75 * len(same), same
