@@ -50,15 +50,24 @@ async def transcribe(model, audio: np.ndarray, streaming: bool) -> str:
     return text
 
 
+def after_speech(seconds: float, dbfs: float | None = None, seed: int = 0) -> np.ndarray:
+    """What follows each utterance: digital silence, or white noise at `dbfs` RMS."""
+    n = round(seconds * 16000)
+    if dbfs is None:
+        return np.zeros(n, np.float32)
+    noise = np.random.default_rng(seed).standard_normal(n) * 10 ** (dbfs / 20)
+    return noise.astype(np.float32)
+
+
 async def evaluate(
-    model, utts: list[Utterance], streaming: bool, concurrency: int, silence: float = 0.0
+    model, utts: list[Utterance], streaming: bool, concurrency: int, tail: np.ndarray | None = None
 ) -> list:
     gate = asyncio.Semaphore(concurrency)
-    tail = np.zeros(round(silence * 16000), np.float32)
 
     async def one(u: Utterance) -> tuple[str, str]:
         async with gate:
-            return u.text, await transcribe(model, np.concatenate([u.audio, tail]), streaming)
+            x = u.audio if tail is None else np.concatenate([u.audio, tail])
+            return u.text, await transcribe(model, x, streaming)
 
     return list(await asyncio.gather(*(one(u) for u in utts)))
 
@@ -90,6 +99,11 @@ def main(argv: list[str] | None = None) -> dict:
         default=0.0,
         help="seconds of digital silence after each utterance, as a client that pauses",
     )
+    ap.add_argument(
+        "--silence-dbfs",
+        type=float,
+        help="the pause as white noise at this level (e.g. -60) instead of digital silence",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--show", type=int, default=5, help="print the first N transcripts")
     ap.add_argument("--json", type=Path, help="write the scores and transcripts here")
@@ -101,12 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not isinstance(model.worker.config, RollbackConfig):
         raise SystemExit(f"{a.model}: not a Qwen3-ASR model")
     results = {}
+    tail = after_speech(a.silence, a.silence_dbfs)
     try:
         for mode in ["offline", "streaming"] if a.mode == "both" else [a.mode]:
             t0 = time.time()
-            pairs = asyncio.run(
-                evaluate(model, utts, mode == "streaming", a.concurrency, a.silence)
-            )
+            pairs = asyncio.run(evaluate(model, utts, mode == "streaming", a.concurrency, tail))
             seconds = time.time() - t0
             score, kinds = wer(pairs), by_kind(pairs)
             results[mode] = {
