@@ -538,9 +538,12 @@ class TritonPagedAttention:
         # 256 (token, head) rows x 64 keys per tile on 8 warps, a 3-stage K/V pipeline: the best
         # of 27 shapes tried on the H200 (bench/tune_prefill.py; docs/benchmarks.md), 428
         # TFLOP/s at 2 x 16384 tokens against 340 for 128 rows and 2 stages.
-        block_m = max(self.prefill_block_m or 256, group_pad)
+        # float32 tiles take twice the shared memory: the bf16 shape needs 263 KiB there, over
+        # the H200's 227 KiB, so they get half the rows and keys and two stages.
+        wide = a.q.element_size() > 2
+        block_m = max(self.prefill_block_m or (128 if wide else 256), group_pad)
         block_q = block_m // group_pad
-        block_n = self.prefill_block_n or 64
+        block_n = self.prefill_block_n or (32 if wide else 64)
         grid = (a.q.shape[0] // block_q + batch, kv_heads)
         _prefill_kernel[grid](
             a.q,
@@ -562,7 +565,7 @@ class TritonPagedAttention:
             PAGE=a.k.shape[1],
             DOT_PREC=a.dot_prec,
             num_warps=8 if block_m >= 128 else 4,
-            num_stages=self.prefill_stages or 3,
+            num_stages=self.prefill_stages or (2 if wide else 3),
         )
 
 

@@ -443,7 +443,13 @@ def bench_asr_serve(a: argparse.Namespace) -> int:
         performance_mode=a.performance_mode,
         limits=Limits(max_sessions=a.max_sessions),
     )
-    overrides = {"attention_backend": a.attention_backend, "cuda_graphs": a.cuda_graphs}
+    overrides = {
+        "attention_backend": a.attention_backend,
+        "cuda_graphs": a.cuda_graphs,
+        "encoder_graphs": a.encoder_graphs,
+        "prompt_graphs": a.prompt_graphs,
+        "prefill_interval": a.prefill_interval,
+    }
     if a.device:
         overrides["device"] = a.device
     if a.dtype:

@@ -163,6 +163,19 @@ def test_cli_parses_bench_asr():
     assert default.workloads == asr.DEFAULT_WORKLOADS and default.shape == "qwen3-asr-0.6b"
 
 
+def test_the_wire_server_gets_the_runs_engine_settings():
+    b = asr.AsrBench(
+        attention_backend="triton-paged", cuda_graphs=False, encoder_graphs=True,
+        prompt_graphs=True, prefill_interval=8,
+    )  # fmt: skip
+    a = parser().parse_args(["bench", "asr", "--serve", *asr.engine_flags(b)])
+    assert (a.attention_backend, a.cuda_graphs, a.prefill_interval) == ("triton-paged", False, 8)
+    assert a.encoder_graphs and a.prompt_graphs
+    plain = parser().parse_args(["bench", "asr", "--serve", *asr.engine_flags(asr.AsrBench())])
+    assert plain.cuda_graphs and not (plain.encoder_graphs or plain.prompt_graphs)
+    assert plain.attention_backend is None
+
+
 def test_cli_parses_kernel_cases():
     a = parser().parse_args(["bench", "kernels", "--prefill-cases", "1x192,16x256"])
     assert a.prefill_cases == ((1, 192), (16, 256)) and a.decode_cases is None

@@ -643,6 +643,7 @@ def run_wire(b: AsrBench, checkpoint: Path, tmp: Path) -> dict[str, Any]:
     cmd += ["--port", str(port), "--max-sessions", str(b.wire_streams + 8)]
     cmd += ["--token-rate", str(b.token_rate), "--header-tokens", str(b.header_tokens)]
     cmd += ["--device", b.device, "--dtype", b.dtype, "--performance-mode", b.performance_mode]
+    cmd += engine_flags(b)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         _wait_for_health(port, server, tmp / "server.log")
@@ -668,6 +669,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def engine_flags(b: AsrBench) -> list[str]:
+    """The engine settings of this run as `rtserve bench asr` flags, for the wire's server."""
+    flags = ["--prefill-interval", str(b.prefill_interval)]
+    flags += ["--attention-backend", b.attention_backend] if b.attention_backend else []
+    flags += [] if b.cuda_graphs else ["--no-cuda-graphs"]
+    flags += ["--encoder-graphs"] if b.encoder_graphs else []
+    return flags + (["--prompt-graphs"] if b.prompt_graphs else [])
 
 
 def _wait_for_health(port: int, server: subprocess.Popen, log: Path, timeout=900.0) -> None:

@@ -96,6 +96,20 @@ def test_float16(decode):
     check(attention(), [300, 17, 90], new, group=4, d=128, block_size=16, dtype=torch.float16)
 
 
+@pytest.mark.parametrize("d", [64, 128])
+def test_float32_prefill_fits_shared_memory(d):
+    """float32 tiles are twice bf16's bytes: the prefill picks a shape that fits an SM."""
+    check(
+        attention(),
+        [300, 17, 1000],
+        [300, 5, 700],
+        group=2,
+        d=d,
+        block_size=16,
+        dtype=torch.float32,
+    )
+
+
 def test_long_context_decode_matches_sdpa():
     """Batch 8 at 4096 tokens, 32 q / 8 kv heads, against the SDPA backend in bf16."""
     from kernels.attention import backend
