@@ -89,7 +89,7 @@ def test_replayed_prompt_steps_match_eager(model):
     for a, b in zip(got_logits, want_logits, strict=True):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4)
     assert got == want
-    assert runner.prompt_graph_steps == runner.prompt_steps >= len(prompts)
+    assert runner.prompt_graph_steps == runner.prompt_steps > 1  # prompts wait and batch up
 
 
 def test_no_graphs_when_turned_off_or_not_graph_safe(model):
