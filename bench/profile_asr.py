@@ -11,7 +11,7 @@ the bench's row and:
 - the runtime thread's phases, wall time and calls: the audio and commands queued by the event
   loop, applied between steps (`inbox`), the log-mel of the due windows (`log_mel`),
   the batched encoder call (`encoder`), the prompts' submission (`submit`), engine steps replayed
-  from a decode CUDA graph, from a prompt graph (`--prompt-graphs`) and those run eagerly, with
+  from a decode CUDA graph, from a prompt graph and those run eagerly, with
   their mean batch; the thread's busy share (its `step` calls over the wall time; `inbox` is
   outside it); its wait for work (`idle`); and the rest (`other`: the loop's own turns, and
   waits for the GIL while the event loop's thread runs);
@@ -153,8 +153,8 @@ def main() -> None:
     ap.add_argument("--offline", type=int, metavar="C", help="C clips at once instead")
     ap.add_argument("--performance-mode", default="balanced")
     ap.add_argument("--prefill-interval", type=int, default=AsrBench.prefill_interval)
-    ap.add_argument("--encoder-graphs", action="store_true", help="as rtserve bench asr's")
-    ap.add_argument("--prompt-graphs", action="store_true", help="as rtserve bench asr's")
+    ap.add_argument("--no-encoder-graphs", dest="encoder_graphs", action="store_false")
+    ap.add_argument("--no-prompt-graphs", dest="prompt_graphs", action="store_false")
     ap.add_argument("--ops", action="store_true", help="also a torch.profiler run: top operators")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", type=Path, help="folder for the Chrome trace (with --ops)")

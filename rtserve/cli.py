@@ -71,6 +71,18 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="run decode steps eagerly instead of replaying them from CUDA graphs",
     )
+    g.add_argument(
+        "--no-encoder-graphs",
+        dest="encoder_graphs",
+        action="store_false",
+        help="run the speech encoder eagerly (engine/encoder_graphs.py)",
+    )
+    g.add_argument(
+        "--no-prompt-graphs",
+        dest="prompt_graphs",
+        action="store_false",
+        help="run steps with prompt tokens eagerly (engine/prompt_graphs.py)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -240,16 +252,6 @@ def _bench_asr_flags(work) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", type=Path, default=Path("bench/results"))
     _engine_flags(r)
-    r.add_argument(
-        "--encoder-graphs",
-        action="store_true",
-        help="Qwen3-ASR: the AuT encoder's calls from CUDA graphs (engine/encoder_graphs.py)",
-    )
-    r.add_argument(
-        "--prompt-graphs",
-        action="store_true",
-        help="steps with under 2,048 prompt tokens from CUDA graphs too (engine/prompt_graphs.py)",
-    )
     r.add_argument(
         "--prefill-interval",
         type=int,
@@ -494,6 +496,8 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
         limits=limits,
         attention_backend=a.attention_backend,
         cuda_graphs=a.cuda_graphs,
+        encoder_graphs=a.encoder_graphs,
+        prompt_graphs=a.prompt_graphs,
     )
 
 
@@ -510,6 +514,8 @@ def load_models(config: ServerConfig) -> dict:
             rollback=config.rollback,
             attention_backend=config.attention_backend,
             cuda_graphs=config.cuda_graphs,
+            encoder_graphs=config.encoder_graphs,
+            prompt_graphs=config.prompt_graphs,
         )
     return models
 

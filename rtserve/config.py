@@ -47,3 +47,5 @@ class ServerConfig:
     rollback: RollbackConfig = field(default_factory=RollbackConfig)  # Qwen3-ASR streaming
     attention_backend: str | None = None  # None: the best available (kernels/attention.py)
     cuda_graphs: bool = True  # decode steps replayed from CUDA graphs (on CUDA devices)
+    encoder_graphs: bool = True  # and the speech encoder's calls (engine/encoder_graphs.py)
+    prompt_graphs: bool = True  # and steps with under 2,048 prompt tokens (prompt_graphs.py)

@@ -172,8 +172,11 @@ def test_the_wire_server_gets_the_runs_engine_settings():
     assert (a.attention_backend, a.cuda_graphs, a.prefill_interval) == ("triton-paged", False, 8)
     assert a.encoder_graphs and a.prompt_graphs
     plain = parser().parse_args(["bench", "asr", "--serve", *asr.engine_flags(asr.AsrBench())])
-    assert plain.cuda_graphs and not (plain.encoder_graphs or plain.prompt_graphs)
+    assert plain.cuda_graphs and plain.encoder_graphs and plain.prompt_graphs
     assert plain.attention_backend is None
+    eager = asr.AsrBench(encoder_graphs=False, prompt_graphs=False)
+    e = parser().parse_args(["bench", "asr", "--serve", *asr.engine_flags(eager)])
+    assert not (e.encoder_graphs or e.prompt_graphs)
 
 
 def test_cli_parses_kernel_cases():

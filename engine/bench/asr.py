@@ -67,9 +67,9 @@ output_tok_s}};
 audio_tokens, generated_tokens}] (the first at 2 s, then `positions`), offline: {as ours}} and
 `first_step_ids_equal`; `wire`: bench/loadgen.py's JSON; a subprocess workload that failed is
 {error}; `engine`: the runner's attention, graph sizes, decode and graph steps, prompt steps and
-those replayed from graphs (`prompt_graph_steps`; with `--prompt-graphs`), and the encoder's
-batched calls run from CUDA graphs (`encoder_graph_calls`, `encoder_graph_replays`; with
-`--encoder-graphs`); `rows`: the tables' rows.
+those replayed from graphs (`prompt_graph_steps`; none with `--no-prompt-graphs`), and the
+encoder's batched calls run from CUDA graphs (`encoder_graph_calls`, `encoder_graph_replays`;
+none with `--no-encoder-graphs`); `rows`: the tables' rows.
 """
 
 from __future__ import annotations
@@ -214,8 +214,8 @@ class AsrBench:
     dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
     attention_backend: str | None = None
     cuda_graphs: bool = True
-    encoder_graphs: bool = False  # Qwen3-ASR's encoder calls from CUDA graphs
-    prompt_graphs: bool = False  # steps with prompt tokens from CUDA graphs (ASR and chat load)
+    encoder_graphs: bool = EngineConfig.encoder_graphs  # Qwen3-ASR's encoder calls from graphs
+    prompt_graphs: bool = EngineConfig.prompt_graphs  # prompt steps from graphs (ASR and chat)
     prefill_interval: int = EngineConfig.prefill_interval  # steps prompts wait while decoding
     interactive_steps: int = INTERACTIVE_STEPS  # runtime turns per chat step while speech works
     seed: int = 0
@@ -676,8 +676,8 @@ def engine_flags(b: AsrBench) -> list[str]:
     flags = ["--prefill-interval", str(b.prefill_interval)]
     flags += ["--attention-backend", b.attention_backend] if b.attention_backend else []
     flags += [] if b.cuda_graphs else ["--no-cuda-graphs"]
-    flags += ["--encoder-graphs"] if b.encoder_graphs else []
-    return flags + (["--prompt-graphs"] if b.prompt_graphs else [])
+    flags += [] if b.encoder_graphs else ["--no-encoder-graphs"]
+    return flags + ([] if b.prompt_graphs else ["--no-prompt-graphs"])
 
 
 def _wait_for_health(port: int, server: subprocess.Popen, log: Path, timeout=900.0) -> None:
