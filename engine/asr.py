@@ -56,7 +56,7 @@ class StepTrace:
     prefill_tokens: int  # prompt tokens computed (the rest came from the prefix cache)
 
 
-@dataclass(eq=False)  # identity: every audio command looks its stream up among hundreds
+@dataclass(eq=False)  # hashed by identity: the worker's dict of live streams
 class Stream:
     """Engine-thread state of one handle. Segments wait in order: audio after a commit opens the
     next segment at once, while the committed one still waits for its final step."""
@@ -88,7 +88,9 @@ class AsrWorker:
         self.engine = engine
         self.config = config
         self.device = torch.device(engine.config.device)
-        self.streams: list[Stream] = []
+        # live streams in arrival order; a dict, so that each command finds its stream in
+        # O(1) (a list scan per audio chunk was 15% of the thread at 1,000 streams)
+        self.streams: dict[Stream, None] = {}
         self._inbox: list[tuple[Stream | AsrHandle, str, object]] = []
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -120,7 +122,7 @@ class AsrWorker:
             inbox, self._inbox = self._inbox, []
         for target, command, arg in inbox:
             if command == "open":
-                self.streams.append(arg)
+                self.streams[arg] = None
                 continue
             stream = target._stream
             if stream not in self.streams:
@@ -146,7 +148,7 @@ class AsrWorker:
                     self._collect(owners[out.request_id], out)
 
     def fail(self, error: Exception) -> None:
-        for s in self.streams:
+        for s in list(self.streams):  # _maybe_close drops closed ones
             if s.in_flight is not None:
                 self.engine.abort(s.in_flight[0])
                 s.in_flight = None
@@ -203,7 +205,7 @@ class AsrWorker:
     def _on_cancel(self, s: Stream, _) -> None:
         if s.in_flight is not None:
             self.engine.abort(s.in_flight[0])
-        self.streams.remove(s)
+        del self.streams[s]
         s.handle._deliver(None)
 
     # ---- steps ----
@@ -333,7 +335,7 @@ class AsrWorker:
 
     def _maybe_close(self, s: Stream) -> None:
         if s.finishing and not s.queue and s.in_flight is None and s in self.streams:
-            self.streams.remove(s)
+            del self.streams[s]
             s.handle._deliver(None)
 
     @staticmethod

@@ -30,7 +30,7 @@ class EngineConfig:
     # `prefill_interval` steps, so decodes mostly replay graphs and prompts are batched.
     prefill_interval: int = 4
     # Replay the speech encoder's batched calls (engine/encoder_graphs.py) and the steps that
-    # take under 2,048 prompt tokens (engine/prompt_graphs.py) from CUDA graphs as well, with
+    # take up to 8,192 tokens in short rows (engine/prompt_graphs.py) from CUDA graphs as well, with
     # cuda_graphs. On the H200 the two together took 64 live streams' p95 partial latency from
     # 390 to 59 ms and 512 streams' from 1.5 s to 155 ms (docs/benchmarks.md).
     encoder_graphs: bool = True

@@ -32,7 +32,7 @@ from kernels.attention import (
 
 log = logging.getLogger(__name__)
 
-PROMPT_GRAPH_TOKENS = 2048  # the largest prompt graph: longer steps are compute-bound anyway
+PROMPT_GRAPH_TOKENS = 8192  # the largest prompt graph (ModelRunner.prompt_graph_limits)
 
 
 @dataclass
@@ -131,27 +131,33 @@ class ModelRunner:
             torch.cuda.synchronize(self.device)
             return None
 
-    def prompt_graph_tokens(self) -> int:
-        """The largest bucket of prompt graphs this runner's attention allows (0: none): the
-        backend that short prompts run on must read every length on the device."""
-        attn, long_from = self.attention, PROMPT_GRAPH_TOKENS
+    def prompt_graph_limits(self) -> tuple[int, int]:
+        """The largest bucket of prompt graphs and the longest row they take ((0, 0): none).
+
+        The backend the graphs' rows run on must read every length on the device. A step of
+        many short rows is still launch-bound at thousands of tokens: at 1,000 live streams a
+        prompt step was about 240 streams' prompts, 5,000 tokens, 46 ms eagerly on the H200
+        (docs/benchmarks.md). Rows of `long_from` tokens or more run on the long-prompt backend,
+        eagerly. The padding sequence's pages must fit a block-table row (max_model_len)."""
+        attn, long_from = self.attention, None
         if isinstance(attn, PhaseAttention):
-            attn, long_from = attn.short or attn.prefill, min(long_from, attn.long_from)
+            attn, long_from = attn.short or attn.prefill, attn.long_from if attn.short else None
         cfg = self.model.config
         q = torch.empty(1, cfg.num_attention_heads, cfg.head_dim, device=self.device)
         if not (getattr(attn, "prompt_graph_safe", False) and takes(attn, q, self.kv_caches[0][0])):
-            return 0
-        return min(long_from, self.config.max_num_batched_tokens)
+            return 0, 0
+        tokens = min(PROMPT_GRAPH_TOKENS, self.config.max_num_batched_tokens, self.max_model_len)
+        return tokens, min(long_from or tokens, tokens)
 
     def _capture_prompt_graphs(self) -> PromptGraphs | None:
-        max_tokens = self.prompt_graph_tokens()
+        max_tokens, max_row = self.prompt_graph_limits()
         if max_tokens < 64:
             log.info("no prompt graphs: %s cannot run prompts in a graph", phases(self.attention))
             return None
         slots = self.config.max_num_seqs + 1  # and the padding sequence
         hidden = self.model.config.hidden_size
         try:
-            return PromptGraphs(self, max_tokens, slots, hidden, capture=True)
+            return PromptGraphs(self, max_tokens, max_row, slots, hidden, capture=True)
         except Exception:  # a model or kernel that cannot be captured still runs, eagerly
             log.exception("prompt graph capture failed; prompt steps run eagerly")
             torch.cuda.synchronize(self.device)

@@ -15,7 +15,8 @@ entries copy zeros into row T - 1, which is always padding.
 
 Only an attention backend whose prompt path reads every length from the device may run inside
 a graph (`prompt_graph_safe`): our Triton prefill kernel, whose grid depends only on T and the
-slot count. Batches of `long_from` tokens or more run eagerly, on the long-prompt backend.
+slot count. A batch with a row of `long_from` tokens or more runs eagerly, on the long-prompt
+backend; a graph's padding sequence may be longer, and runs on the short one.
 """
 
 from __future__ import annotations
@@ -49,10 +50,17 @@ class PromptGraphs(BucketGraphs):
     buffers: the same inputs a replay sees, which lets CPU tests check the padding."""
 
     def __init__(
-        self, runner: ModelRunner, max_tokens: int, slots: int, hidden: int, capture: bool
+        self,
+        runner: ModelRunner,
+        max_tokens: int,
+        max_row: int,
+        slots: int,
+        hidden: int,
+        capture: bool,
     ) -> None:
         super().__init__(buckets(max_tokens))
         self.runner = runner
+        self.max_row = max_row  # rows of this many tokens go to the long-prompt backend
         self.slots = slots
         bs = runner.config.block_size
         self.width = -(-runner.max_model_len // bs)  # block table columns
@@ -76,6 +84,7 @@ class PromptGraphs(BucketGraphs):
             and len(x.input_ids) < self.sizes[-1]
             and len(x.seqused_k) < self.slots
             and x.block_tables.shape[1] <= self.width
+            and int(np.diff(x.cu_seqlens_q).max()) < self.max_row
         )
 
     def run(self, x: StepInputs) -> torch.Tensor:
@@ -126,7 +135,9 @@ class PromptGraphs(BucketGraphs):
             seqused_k=self.seqused,
             block_tables=self.tables,
             slot_mapping=self.slot_mapping[:b],
-            max_seqlen_q=b - 1,  # a bound (real rows, or padding): lengths are read on the device
+            # What the attention routes on: every real row is under max_row, so the short
+            # backend, which reads the lengths (the padding's too) on the device.
+            max_seqlen_q=min(b, self.max_row) - 1,
             max_seqlen_k=self.width * self.runner.config.block_size,
         )
         r = self.runner

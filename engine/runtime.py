@@ -4,10 +4,11 @@ Each served model contributes a worker (chat requests, ASR streams). Every turn 
 the work other threads queued, then steps each worker that has work, interactive ones (speech)
 first. While an interactive worker has work, the others step only every `interactive_steps`-th
 turn (INTERACTIVE_STEPS): a speech request decodes its tokens one step at a time, and each chat
-step between two of them adds a chat step's time to its latency. On the H200, with one chat
-step in every turn, 64 live streams' p95 partial latency was 1.7-2.6x what it was alone
-(docs/benchmarks.md, the mixed workload); two speech steps per chat step halve that part. A
-worker that raises fails its own work only; the thread goes on.
+step between two of them adds a chat step's time to its latency. On the H200 (docs/benchmarks.md,
+the mixed workload: 64 live streams beside 32 chat requests), with the CUDA graphs that made
+speech steps short, 64 streams' p95 partial latency under chat load was 2.0x what it was alone
+at two turns per chat step, 1.7x at three and 1.4x at four, for 4,400, 3,600 and 3,300 chat
+tokens/s. A worker that raises fails its own work only; the thread goes on.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 
-INTERACTIVE_STEPS = 2  # turns per step of the other workers while interactive ones have work
+INTERACTIVE_STEPS = 4  # turns per step of the other workers while interactive ones have work
 
 
 class Worker(Protocol):

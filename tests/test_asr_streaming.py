@@ -17,7 +17,7 @@ from engine.request import InjectedEmbeds
 from engine.rollback import CONTEXT_FRAMES, RollbackConfig, RollbackSegment, raw_mels
 from engine.runtime import Runtime
 from engine.sampling import SamplingParams
-from engine.streaming import Final, Partial, StreamOptions
+from engine.streaming import Final, Partial, SegmentFailed, StreamOptions
 from tests.tiny_models import build_qwen3_asr as build_checkpoint
 from tests.tiny_models import qwen3_asr_audio
 
@@ -162,12 +162,12 @@ async def test_segments_return_state_to_baseline(model_dir):
         event = await asyncio.wait_for(anext(events), 30)
         assert isinstance(event, Final) and event.segment == i
         assert blocks.num_free == blocks.num_blocks  # KV pool back to baseline
-        stream = worker.streams[0]
+        stream = next(iter(worker.streams))
         assert stream.queue == [] and stream.in_flight is None  # no encoder cache left
     handle.finish()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(anext(events), 10)
-    assert worker.streams == []
+    assert not worker.streams
     runtime.shutdown()
 
 
@@ -188,7 +188,7 @@ async def test_clear_and_cancel_free_the_engine(model_dir):
     other.feed(qwen3_asr_audio("stream_9s"))
     other.cancel()
     for _ in range(200):
-        if not worker.streams[1:] and not worker.engine.has_work():
+        if len(worker.streams) < 2 and not worker.engine.has_work():
             break
         await asyncio.sleep(0.02)
     assert (
@@ -196,6 +196,23 @@ async def test_clear_and_cancel_free_the_engine(model_dir):
         and worker.engine.blocks.num_free == worker.engine.blocks.num_blocks
     )
     runtime.shutdown()
+
+
+async def test_a_model_error_fails_and_closes_every_finishing_stream(model_dir):
+    runtime = Runtime()
+    model = load_qwen3_asr(model_dir, "tiny", runtime=runtime, rollback=ROLLBACK, **CPU)
+    runtime.shutdown()  # the test steps the worker itself
+    worker = model.worker
+    handles = [model.open_stream(StreamOptions()) for _ in range(3)]
+    for h in handles:
+        h.feed(qwen3_asr_audio("hello_3s"))
+        h.finish()
+    worker.take_inbox()
+    worker.fail(RuntimeError("boom"))
+    for h in handles:
+        events = [e async for e in h]
+        assert [type(e) for e in events] == [SegmentFailed] and "boom" in events[0].message
+    assert not worker.streams
 
 
 async def test_audio_after_a_commit_opens_the_next_segment(model_dir):

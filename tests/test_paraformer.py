@@ -238,7 +238,7 @@ async def test_segments_numbering_clear_and_empty_commits(built):
     ]
     with pytest.raises(StopAsyncIteration):
         await next_event(events)
-    assert worker.streams == []
+    assert not worker.streams
 
 
 def test_language_option(folder):

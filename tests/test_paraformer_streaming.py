@@ -202,7 +202,7 @@ async def test_twenty_segments_leave_no_state(built):
     drive(worker)
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(anext(events), 10)
-    assert worker.streams == []
+    assert not worker.streams
 
 
 @pytest.mark.anyio

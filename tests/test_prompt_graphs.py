@@ -29,11 +29,11 @@ def model_dir(tmp_path_factory):
     return checkpoint("untied", tmp_path_factory.mktemp("qwen3"))
 
 
-def graphs_for(eng, max_tokens: int = 512) -> PromptGraphs:
+def graphs_for(eng, max_tokens: int = 512, max_row: int | None = None) -> PromptGraphs:
     runner = eng.runner
     slots = eng.config.max_num_seqs + 1
     hidden = runner.model.config.hidden_size
-    return PromptGraphs(runner, max_tokens, slots, hidden, capture=False)
+    return PromptGraphs(runner, max_tokens, max_row or max_tokens, slots, hidden, capture=False)
 
 
 def test_buckets():
@@ -94,6 +94,22 @@ def test_padding_touches_only_the_scratch_block_and_injected_rows_arrive(model_d
     assert not torch.allclose(plain, want, atol=1e-3)
 
 
+def test_long_rows_run_eagerly_and_the_padding_may_be_longer(model_dir):
+    eng = engine(model_dir)
+    graphs = graphs_for(eng, max_tokens=256, max_row=64)
+    eng.add(list(range(1, 70)), greedy(1))  # a row of 69 tokens: the long-prompt backend's
+    assert not graphs.takes(eng.runner.prepare(eng.scheduler.schedule()))
+    eng = engine(model_dir)
+    for i in range(3):
+        eng.add(list(range(1 + i, 46 + i)), greedy(1))  # 135 tokens in rows of 45: bucket 256
+    x = eng.runner.prepare(eng.scheduler.schedule())
+    assert graphs.takes(x)
+    want = eng.runner.forward(x)
+    got = graphs.run(x)
+    assert graphs.seqused[3] == 256 - 135 > 64  # the padding row is past max_row
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_a_batch_without_a_spare_row_or_slot_runs_eagerly(model_dir):
     eng = engine(model_dir, max_num_seqs=2)
     graphs = graphs_for(eng, max_tokens=64)
@@ -115,18 +131,18 @@ class SyncFree(SdpaAttention):
 
 
 def test_prompt_graphs_need_a_sync_free_prompt_backend(model_dir):
-    eng = engine(model_dir, max_num_batched_tokens=4096)
+    eng = engine(model_dir, max_num_batched_tokens=256)
     runner = eng.runner
-    assert runner.prompt_graph_tokens() == 0  # SDPA reads the lengths back to the host
+    assert runner.prompt_graph_limits() == (0, 0)  # SDPA reads the lengths back to the host
     layers = runner.model.model.layers
     original = layers[0].self_attn.attn
     try:
         layers[0].self_attn.attn = PhaseAttention(
-            SdpaAttention(), SdpaAttention(), short=SyncFree(), long_from=1024
+            SdpaAttention(), SdpaAttention(), short=SyncFree(), long_from=128
         )
-        assert runner.prompt_graph_tokens() == 1024
+        assert runner.prompt_graph_limits() == (256, 128)  # longer rows: the long backend
         layers[0].self_attn.attn = PhaseAttention(SdpaAttention(), SyncFree())
-        assert runner.prompt_graph_tokens() == 2048
+        assert runner.prompt_graph_limits() == (256, 256)  # every row on the sync-free one
     finally:
         layers[0].self_attn.attn = original
 
@@ -140,7 +156,7 @@ async def test_a_stream_through_the_prompt_buffers_transcribes_as_eager_steps(tm
     def buffers(worker) -> None:  # the static buffers, run eagerly: CPU has no CUDA graphs
         runner = worker.engine.runner
         slots, hidden = runner.config.max_num_seqs + 1, runner.model.config.hidden_size
-        runner.prompt_graphs = PromptGraphs(runner, 1024, slots, hidden, capture=False)
+        runner.prompt_graphs = PromptGraphs(runner, 1024, 1024, slots, hidden, capture=False)
 
     eager, _ = await traced_stream(path, audio, 11 * 16000, **ASR_CPU)
     graphed, worker = await traced_stream(path, audio, 11 * 16000, buffers, **ASR_CPU)

@@ -57,19 +57,19 @@ def test_interactive_workers_step_first_every_turn():
     assert log[:2] == ["asr", "chat"] and log == ["asr", "chat"] * 5
 
 
-def test_other_workers_step_every_second_turn_while_speech_has_work():
+def test_other_workers_step_every_fourth_turn_while_speech_has_work():
     log: list[str] = []
-    runtime = Runtime()  # INTERACTIVE_STEPS: 2
+    runtime = Runtime()  # INTERACTIVE_STEPS: 4
     chat = Recorder("chat", False, 0, log)
     asr = Recorder("asr", True, 0, log)
     runtime.add(chat)
     runtime.add(asr)
-    chat.left = asr.left = 5
+    chat.left, asr.left = 5, 9
     runtime.notify()
     assert chat.done.wait(5) and asr.done.wait(5)
     runtime.shutdown()
-    # two speech steps per chat step; once speech is done, chat every turn
-    assert log == ["asr", "asr", "chat"] * 2 + ["asr"] + ["chat"] * 3
+    # four speech steps per chat step; once speech is done, chat every turn
+    assert log == ["asr"] * 4 + ["chat"] + ["asr"] * 4 + ["chat"] + ["asr"] + ["chat"] * 3
 
 
 def test_a_failing_worker_fails_alone():

@@ -99,7 +99,7 @@ async def test_an_hour_of_audio_keeps_state_bounded(root):
             assert isinstance(event, Partial)
             partials += 1
         assert event.segment == i
-        assert blocks.num_free == blocks.num_blocks and worker.streams[0].queue == []
+        assert blocks.num_free == blocks.num_blocks and next(iter(worker.streams)).queue == []
         torch.cuda.synchronize()
         used = torch.cuda.memory_allocated()
         baseline = baseline or used
