@@ -408,3 +408,19 @@ def test_a_baseline_past_its_timeout_leaves_our_results(funasr_dirs, tmp_path, c
     result = json.loads(next(tmp_path.glob("asr-sensevoice-*.json")).read_text())
     assert "timed out" in result["baseline"]["error"]
     assert result["offline"]["audio_s_per_s"] > 0
+
+
+def test_serve_flags_reach_the_engines_config(tmp_path):
+    from rtserve.cli import config_from_args, load_models
+    from tests.tiny_models import build_qwen3_asr
+
+    path = build_qwen3_asr(tmp_path / "asr", seed=0)
+    flags = ["serve", "--model", str(path), "--no-encoder-graphs", "--no-prompt-graphs"]
+    config = config_from_args(parser().parse_args(flags))
+    assert config.cuda_graphs and not (config.encoder_graphs or config.prompt_graphs)
+    (model,) = load_models(config).values()
+    engine = model.worker.engine.config
+    assert engine.cuda_graphs and not (engine.encoder_graphs or engine.prompt_graphs)
+    model.worker.runtime.remove(model.worker)
+    default = config_from_args(parser().parse_args(["serve", "--model", str(path)]))
+    assert default.encoder_graphs and default.prompt_graphs
