@@ -25,14 +25,14 @@ class EngineConfig:
     attention_backend: str | None = None  # None: the best available (kernels/attention.py)
     cuda_graphs: bool = True  # replay decode steps from CUDA graphs (engine/cuda_graphs.py)
     max_graph_batch: int = 512  # the largest decode batch captured (also <= max_num_seqs)
-    # With CUDA graphs, a step that computes prompt tokens runs eagerly: several times slower
-    # than a replayed decode step. While requests decode, prompt tokens are taken at most every
-    # `prefill_interval` steps, so decodes mostly replay graphs and prompts are batched.
+    # A step that computes prompt tokens costs several decode steps, from a graph or not. While
+    # requests decode, prompt tokens are taken at most every `prefill_interval` steps, so that
+    # prompts are batched (8 was worse than 4 on the H200 at 512 streams and under chat load).
     prefill_interval: int = 4
     # Replay the speech encoder's batched calls (engine/encoder_graphs.py) and the steps that
-    # take up to 8,192 tokens in short rows (engine/prompt_graphs.py) from CUDA graphs as well, with
-    # cuda_graphs. On the H200 the two together took 64 live streams' p95 partial latency from
-    # 390 to 59 ms and 512 streams' from 1.5 s to 155 ms (docs/benchmarks.md).
+    # take up to 8,192 tokens in short rows (engine/prompt_graphs.py) from CUDA graphs as well,
+    # with cuda_graphs. On the H200 the two together took 64 live streams' p95 partial latency
+    # from 390 to 59 ms and 512 streams' from 1.5 s to 155 ms (docs/benchmarks.md).
     encoder_graphs: bool = True
     prompt_graphs: bool = True
 

@@ -259,6 +259,12 @@ def _bench_asr_flags(work) -> None:
         help="steps prompts wait while requests decode (default %(default)s, the engine's)",
     )
     r.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=AsrBench.max_num_seqs,
+        help="requests the engine runs at once (default %(default)s, the engine's)",
+    )
+    r.add_argument(
         "--interactive-steps",
         type=int,
         default=AsrBench.interactive_steps,
@@ -405,6 +411,7 @@ def bench_asr(a: argparse.Namespace) -> int:
         encoder_graphs=a.encoder_graphs,
         prompt_graphs=a.prompt_graphs,
         prefill_interval=a.prefill_interval,
+        max_num_seqs=a.max_num_seqs,
         interactive_steps=a.interactive_steps,
         seed=a.seed,
     )
@@ -451,6 +458,7 @@ def bench_asr_serve(a: argparse.Namespace) -> int:
         "encoder_graphs": a.encoder_graphs,
         "prompt_graphs": a.prompt_graphs,
         "prefill_interval": a.prefill_interval,
+        "max_num_seqs": a.max_num_seqs,
     }
     if a.device:
         overrides["device"] = a.device

@@ -166,10 +166,11 @@ def test_cli_parses_bench_asr():
 def test_the_wire_server_gets_the_runs_engine_settings():
     b = asr.AsrBench(
         attention_backend="triton-paged", cuda_graphs=False, encoder_graphs=True,
-        prompt_graphs=True, prefill_interval=8,
+        prompt_graphs=True, prefill_interval=8, max_num_seqs=512,
     )  # fmt: skip
     a = parser().parse_args(["bench", "asr", "--serve", *asr.engine_flags(b)])
     assert (a.attention_backend, a.cuda_graphs, a.prefill_interval) == ("triton-paged", False, 8)
+    assert a.max_num_seqs == 512
     assert a.encoder_graphs and a.prompt_graphs
     plain = parser().parse_args(["bench", "asr", "--serve", *asr.engine_flags(asr.AsrBench())])
     assert plain.cuda_graphs and plain.encoder_graphs and plain.prompt_graphs

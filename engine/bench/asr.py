@@ -217,6 +217,7 @@ class AsrBench:
     encoder_graphs: bool = EngineConfig.encoder_graphs  # Qwen3-ASR's encoder calls from graphs
     prompt_graphs: bool = EngineConfig.prompt_graphs  # prompt steps from graphs (ASR and chat)
     prefill_interval: int = EngineConfig.prefill_interval  # steps prompts wait while decoding
+    max_num_seqs: int = EngineConfig.max_num_seqs  # requests running at once
     interactive_steps: int = INTERACTIVE_STEPS  # runtime turns per chat step while speech works
     seed: int = 0
 
@@ -294,6 +295,7 @@ def load_system(b: AsrBench) -> System:
         encoder_graphs=b.encoder_graphs,
         prompt_graphs=b.prompt_graphs,
         prefill_interval=b.prefill_interval,
+        max_num_seqs=b.max_num_seqs,
     )
     runtime = Runtime(name="bench-asr", interactive_steps=b.interactive_steps)
     if b.model is not None and fun_asr_nano.is_fun_asr_nano(b.model):
@@ -673,7 +675,7 @@ def _free_port() -> int:
 
 def engine_flags(b: AsrBench) -> list[str]:
     """The engine settings of this run as `rtserve bench asr` flags, for the wire's server."""
-    flags = ["--prefill-interval", str(b.prefill_interval)]
+    flags = ["--prefill-interval", str(b.prefill_interval), "--max-num-seqs", str(b.max_num_seqs)]
     flags += ["--attention-backend", b.attention_backend] if b.attention_backend else []
     flags += [] if b.cuda_graphs else ["--no-cuda-graphs"]
     flags += [] if b.encoder_graphs else ["--no-encoder-graphs"]
