@@ -92,6 +92,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(
+        "--ws-per-message-deflate",
+        action="store_true",
+        help="accept WebSocket compression when a client offers it (off: audio does not compress)",
+    )
+    s.add_argument(
         "--model",
         action="append",
         default=[],
@@ -469,13 +474,7 @@ def bench_asr_serve(a: argparse.Namespace) -> int:
         a.model, a.model.name, lengths, shared_runtime(), a.performance_mode, **overrides
     )
     app = build_app(Server(config, {model.name: model}))
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        ws_max_size=config.limits.max_frame_bytes,
-        log_level="warning",
-    )
+    uvicorn.run(app, **config.uvicorn_options(), log_level="warning")
     return 0
 
 
@@ -506,6 +505,7 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
         cuda_graphs=a.cuda_graphs,
         encoder_graphs=a.encoder_graphs,
         prompt_graphs=a.prompt_graphs,
+        ws_per_message_deflate=a.ws_per_message_deflate,
     )
 
 
@@ -542,13 +542,7 @@ def serve(config: ServerConfig, log_level: str) -> int:
         print(f"rtserve: cannot start: {e}{hint}", file=sys.stderr)
         return 2
     app = build_app(Server(config, models))
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        ws_max_size=config.limits.max_frame_bytes,
-        log_level=log_level,
-    )
+    uvicorn.run(app, **config.uvicorn_options(), log_level=log_level)
     return 0
 
 

@@ -48,4 +48,17 @@ class ServerConfig:
     attention_backend: str | None = None  # None: the best available (kernels/attention.py)
     cuda_graphs: bool = True  # decode steps replayed from CUDA graphs (on CUDA devices)
     encoder_graphs: bool = True  # and the speech encoder's calls (engine/encoder_graphs.py)
-    prompt_graphs: bool = True  # and steps with under 2,048 prompt tokens (prompt_graphs.py)
+    prompt_graphs: bool = True  # and steps with short prompt rows (engine/prompt_graphs.py)
+    # WebSocket permessage-deflate, which browsers and the websockets client offer. Off: audio
+    # does not compress, and inflating every frame took 38% of the event loop's busy time at
+    # 300 streams (docs/benchmarks.md, the wire's CPU).
+    ws_per_message_deflate: bool = False
+
+    def uvicorn_options(self) -> dict[str, object]:
+        """What `uvicorn.run` takes from this config (the app and log level aside)."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "ws_max_size": self.limits.max_frame_bytes,
+            "ws_per_message_deflate": self.ws_per_message_deflate,
+        }

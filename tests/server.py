@@ -19,11 +19,10 @@ from tests.tone_asr import ToneAsr
 @contextlib.contextmanager
 def running(server: Server) -> Iterator[str]:
     """Serve `server` on a free loopback port; yields the base URL `127.0.0.1:PORT`."""
+    options = server.config.uvicorn_options() | {"host": "127.0.0.1", "port": 0}
     config = uvicorn.Config(
         build_app(server),
-        host="127.0.0.1",
-        port=0,
-        ws_max_size=server.config.limits.max_frame_bytes,
+        **options,
         log_level="warning",
         lifespan="off",
         timeout_graceful_shutdown=2,
@@ -44,7 +43,8 @@ def running(server: Server) -> Iterator[str]:
         thread.join(10)
 
 
-def make_server(models=None, api_key: str | None = None, **limits) -> Server:
+def make_server(models=None, api_key: str | None = None, deflate: bool = False, **limits) -> Server:
     models = models if models is not None else [ToneAsr()]
-    config = ServerConfig(api_key=api_key, limits=replace(Limits(), **limits))
+    limits = replace(Limits(), **limits)
+    config = ServerConfig(api_key=api_key, limits=limits, ws_per_message_deflate=deflate)
     return Server(config, {m.name: m for m in models})

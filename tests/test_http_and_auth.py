@@ -10,7 +10,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.clients import RealtimeClient, pcm16
+from tests.clients import NativeClient, RealtimeClient, pcm16
 from tests.server import make_server, running
 from tests.tone_asr import tone_audio
 
@@ -43,6 +43,23 @@ def test_http_needs_the_key(keyed_url):
     assert ok.status_code == 200
     assert httpx.get(f"http://{keyed_url}/v1/models", headers={"x-api-key": KEY}).status_code == 200
     assert httpx.get(f"http://{keyed_url}/health").status_code == 200
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("deflate", [False, True])
+async def test_websocket_compression_only_when_turned_on(deflate):
+    """Clients offer permessage-deflate (the websockets client does, as browsers do); the
+    server accepts it only with `ws_per_message_deflate`, and audio flows either way."""
+    with running(make_server(deflate=deflate)) as url:
+        c = await NativeClient.connect(url)
+        agreed = c.ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert ("permessage-deflate" in agreed) == deflate
+        await c.send("start", format="pcm16", rate=16000, vad=None)
+        await c.audio(pcm16(tone_audio("hello world")))
+        await c.send("commit")
+        final = await c.wait_for("final")
+        assert final["text"] == "hello world"
+        await c.ws.close()
 
 
 @pytest.mark.anyio
