@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 from pathlib import Path
@@ -422,9 +423,17 @@ async def test_a_client_that_never_reads_is_dropped():
             }
         }
         await deaf.send(json.dumps({"type": "session.update", "session": session}))
-        audio = pcm16(tone_audio("ab cd " * 400))  # 4 minutes: thousands of events
-        for i in range(0, len(audio), 32000):
-            await deaf.send(audio[i : i + 32000])
+        # 20 minutes: tens of thousands of events, past what the kernel's socket buffers take in
+        # (up to 4 MiB on loopback) before the server's sends wait and the outbox fills. Sent
+        # from a task: once the server drops the client it stops reading, and a send would wait.
+        audio = pcm16(tone_audio("ab cd " * 2000))
+
+        async def feed() -> None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for i in range(0, len(audio), 32000):
+                    await deaf.send(audio[i : i + 32000])
+
+        feeding = asyncio.create_task(feed())
         for _ in range(400):
             if server.admission.active == 1:
                 break
@@ -436,4 +445,5 @@ async def test_a_client_that_never_reads_is_dropped():
         done = await good.wait_for("conversation.item.input_audio_transcription.completed")
         assert done["transcript"] == "heard"
         await good.close()
+        feeding.cancel()
         deaf.transport.abort()
