@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from engine.bench.asr import free_port, wait_for_health
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = {"plain": [], "deflate": ["--ws-per-message-deflate"]}
@@ -36,33 +37,14 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # fields 14 and 15 of stat(5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_health(port: int, server: subprocess.Popen, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited ({server.returncode})")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("the server did not answer /health")
-
-
-def measure(a: argparse.Namespace, flags: list[str]) -> dict:
+def measure(a: argparse.Namespace, flags: list[str], log: Path) -> dict:
     port = free_port()
     cmd = [sys.executable, "-m", "rtserve", "serve", "--port", str(port), "--log-level", "warning"]
     cmd += ["--max-sessions", str(a.streams + 8), *flags]
     cmd += ["--model", str(a.model)] if a.model else []
-    server = subprocess.Popen(cmd, cwd=HERE.parent, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(cmd, cwd=HERE.parent, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
-        wait_for_health(port, server)
+        wait_for_health(port, server, log)
         main0, all0, t0 = cpu_seconds(server.pid, server.pid), cpu_seconds(server.pid), time.time()
         load = [
             sys.executable,
@@ -102,7 +84,8 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--out", type=Path, help="write the JSON here too")
     a = p.parse_args()
-    results = {name: measure(a, flags) for name, flags in CONFIGS.items()}
+    with tempfile.TemporaryDirectory(prefix="rtserve-wire-cpu-") as tmp:
+        results = {n: measure(a, f, Path(tmp) / f"{n}.log") for n, f in CONFIGS.items()}
     plain, deflate = results["plain"], results["deflate"]
     ratio = deflate["main_thread_cpu_s"] / max(plain["main_thread_cpu_s"], 1e-9)
     doc = {"streams": a.streams, "duration_s": a.duration, "configs": results}

@@ -16,6 +16,7 @@ device. Logits are computed outside the graph, for the sampled rows only.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,7 +37,7 @@ def buckets(max_batch: int) -> list[int]:
     return sorted(s for s in sizes if s <= max_batch)
 
 
-class BucketGraphs:
+class BucketGraphs(ABC):
     """One CUDA graph of `_forward(b)` per bucket size b, sharing one memory pool: what decode
     steps, prompt steps (engine/prompt_graphs.py) and the speech encoder's calls
     (engine/encoder_graphs.py) have in common. Subclasses hold the static buffers `_forward`
@@ -51,11 +52,13 @@ class BucketGraphs:
         """The smallest bucket that holds n rows."""
         return next(b for b in self.sizes if b >= n)
 
+    @abstractmethod
     def _forward(self, b: int) -> torch.Tensor:
-        raise NotImplementedError
+        """The captured computation for bucket b, on the static buffers."""
 
     def _prepare(self, b: int) -> None:
         """The buffers as a capture of bucket b should see them (default: as they are)."""
+        return None
 
     def _replay(self, b: int) -> torch.Tensor:
         """Bucket b's output from its graph, or computed eagerly when it has none (CPU tests,
@@ -80,22 +83,30 @@ class BucketGraphs:
                 self.graphs[b] = graph
 
 
-class DecodeGraphs(BucketGraphs):
+class StepGraphs(BucketGraphs):
+    """Graphs of engine steps over the paged KV cache (decode and prompt steps): the runner,
+    its block-table width and scratch block, and the token ids and positions of the largest
+    bucket."""
+
+    def __init__(self, runner: ModelRunner, sizes: list[int]) -> None:
+        super().__init__(sizes)
+        self.runner = runner
+        self.width = -(-runner.max_model_len // runner.config.block_size)  # block table columns
+        self.scratch = runner.scratch_block
+        n = sizes[-1]
+        self.input_ids = torch.zeros(n, dtype=torch.long, device=runner.device)
+        self.positions = torch.zeros(n, dtype=torch.long, device=runner.device)
+
+
+class DecodeGraphs(StepGraphs):
     """Static buffers and captured graphs for decode batches of up to `max_batch` rows.
 
     With `capture=False` nothing is captured and `run` calls the model eagerly on the padded
     buffers: the same inputs a replay sees, which lets CPU tests check the padding."""
 
     def __init__(self, runner: ModelRunner, max_batch: int, capture: bool) -> None:
-        super().__init__(buckets(max_batch))
-        self.runner = runner
-        bs = runner.config.block_size
-        self.width = -(-runner.max_model_len // bs)  # block table columns
-        self.scratch = runner.scratch_block
-        dev = runner.device
-        n = self.sizes[-1]
-        self.input_ids = torch.zeros(n, dtype=torch.long, device=dev)
-        self.positions = torch.zeros(n, dtype=torch.long, device=dev)
+        super().__init__(runner, buckets(max_batch))
+        bs, dev, n = runner.config.block_size, runner.device, self.sizes[-1]
         self.slots = torch.full((n,), self.scratch * bs, dtype=torch.long, device=dev)
         self.seqused = torch.ones(n, dtype=torch.int32, device=dev)
         self.tables = torch.full((n, self.width), self.scratch, dtype=torch.int32, device=dev)

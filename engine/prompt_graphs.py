@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from engine.cuda_graphs import BucketGraphs
+from engine.cuda_graphs import StepGraphs
 from kernels.attention import AttentionMetadata
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def buckets(max_tokens: int) -> list[int]:
     return sizes
 
 
-class PromptGraphs(BucketGraphs):
+class PromptGraphs(StepGraphs):
     """Static buffers and captured graphs for steps with up to max(buckets) - 1 tokens and
     `slots` - 1 sequences.
 
@@ -58,17 +58,10 @@ class PromptGraphs(BucketGraphs):
         hidden: int,
         capture: bool,
     ) -> None:
-        super().__init__(buckets(max_tokens))
-        self.runner = runner
+        super().__init__(runner, buckets(max_tokens))
         self.max_row = max_row  # rows of this many tokens go to the long-prompt backend
         self.slots = slots
-        bs = runner.config.block_size
-        self.width = -(-runner.max_model_len // bs)  # block table columns
-        self.scratch = runner.scratch_block
-        dev = runner.device
-        t = self.sizes[-1]
-        self.input_ids = torch.zeros(t, dtype=torch.long, device=dev)
-        self.positions = torch.zeros(t, dtype=torch.long, device=dev)
+        dev, t = runner.device, self.sizes[-1]
         self.slot_mapping = torch.zeros(t, dtype=torch.long, device=dev)
         self.embed_rows = torch.zeros(t, dtype=torch.long, device=dev)
         self.embed_values = torch.zeros(t, hidden, dtype=runner.config.dtype, device=dev)

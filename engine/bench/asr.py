@@ -639,7 +639,7 @@ def run_baseline_request(
 
 def run_wire(b: AsrBench, checkpoint: Path, tmp: Path) -> dict[str, Any]:
     """The server on a free port, and the load generator's processes against it."""
-    port = _free_port()
+    port = free_port()
     log = (tmp / "server.log").open("w")
     cmd = [sys.executable, "-m", "rtserve", "bench", "asr", "--serve", "--model", str(checkpoint)]
     cmd += ["--port", str(port), "--max-sessions", str(b.wire_streams + 8)]
@@ -648,7 +648,7 @@ def run_wire(b: AsrBench, checkpoint: Path, tmp: Path) -> dict[str, Any]:
     cmd += engine_flags(b)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
-        _wait_for_health(port, server, tmp / "server.log")
+        wait_for_health(port, server, tmp / "server.log")
         load = [sys.executable, str(LOADGEN_SCRIPT), "--url", f"ws://127.0.0.1:{port}/v1/stream"]
         load += ["--streams", str(b.wire_streams), "--procs", str(b.procs)]
         load += ["--duration", str(b.duration), "--segment-seconds", str(b.segment_seconds_live)]
@@ -667,7 +667,7 @@ def run_wire(b: AsrBench, checkpoint: Path, tmp: Path) -> dict[str, Any]:
         log.close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -682,7 +682,7 @@ def engine_flags(b: AsrBench) -> list[str]:
     return flags + ([] if b.prompt_graphs else ["--no-prompt-graphs"])
 
 
-def _wait_for_health(port: int, server: subprocess.Popen, log: Path, timeout=900.0) -> None:
+def wait_for_health(port: int, server: subprocess.Popen, log: Path, timeout=900.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
