@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--offline", type=int, metavar="C", help="C clips at once instead")
     ap.add_argument("--performance-mode", default="balanced")
     ap.add_argument("--prefill-interval", type=int, default=AsrBench.prefill_interval)
+    ap.add_argument("--max-num-seqs", type=int, default=AsrBench.max_num_seqs)
     ap.add_argument("--no-encoder-graphs", dest="encoder_graphs", action="store_false")
     ap.add_argument("--no-prompt-graphs", dest="prompt_graphs", action="store_false")
     ap.add_argument("--ops", action="store_true", help="also a torch.profiler run: top operators")
@@ -166,6 +167,7 @@ def main() -> None:
         duration=a.duration,
         performance_mode=a.performance_mode,
         prefill_interval=a.prefill_interval,
+        max_num_seqs=a.max_num_seqs,
         encoder_graphs=a.encoder_graphs,
         prompt_graphs=a.prompt_graphs,
     )

@@ -34,12 +34,15 @@ if TYPE_CHECKING:
 
 
 def buckets(max_tokens: int) -> list[int]:
-    """Token counts that get a graph: powers of two from 64 up to max_tokens."""
+    """Token counts that get a graph: powers of two from 64 below max_tokens, then one with room
+    for a full step of max_tokens and the padding row (rounded up to 64). A step at the token
+    budget is the common one at hundreds of streams: without that room it ran eagerly."""
+    top = -(-(max_tokens + 1) // 64) * 64
     sizes, t = [], 64
-    while t <= max_tokens:
+    while t < max_tokens:
         sizes.append(t)
         t *= 2
-    return sizes
+    return sizes + [top]
 
 
 class PromptGraphs(StepGraphs):

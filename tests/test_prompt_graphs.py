@@ -37,9 +37,9 @@ def graphs_for(eng, max_tokens: int = 512, max_row: int | None = None) -> Prompt
 
 
 def test_buckets():
-    assert buckets(64) == [64]
-    assert buckets(100) == [64]
-    assert buckets(2048) == [64, 128, 256, 512, 1024, 2048]
+    assert buckets(64) == [128]
+    assert buckets(100) == [64, 128]
+    assert buckets(2048) == [64, 128, 256, 512, 1024, 2112]
 
 
 def test_prompt_steps_through_the_buffers_match_eager(model_dir):
@@ -101,28 +101,38 @@ def test_long_rows_run_eagerly_and_the_padding_may_be_longer(model_dir):
     assert not graphs.takes(eng.runner.prepare(eng.scheduler.schedule()))
     eng = engine(model_dir)
     for i in range(3):
-        eng.add(list(range(1 + i, 46 + i)), greedy(1))  # 135 tokens in rows of 45: bucket 256
+        eng.add(list(range(1 + i, 46 + i)), greedy(1))  # 135 tokens in rows of 45: bucket 320
     x = eng.runner.prepare(eng.scheduler.schedule())
     assert graphs.takes(x)
     want = eng.runner.forward(x)
     got = graphs.run(x)
-    assert graphs.seqused[3] == 256 - 135 > 64  # the padding row is past max_row
+    assert graphs.seqused[3] == 320 - 135 > 64  # the padding row is past max_row
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_a_batch_without_a_spare_row_or_slot_runs_eagerly(model_dir):
     eng = engine(model_dir, max_num_seqs=2)
-    graphs = graphs_for(eng, max_tokens=64)
-    eng.add(list(range(1, 64)), greedy(1))  # 63 tokens: bucket 64 keeps a padding row
+    graphs = graphs_for(eng, max_tokens=64, max_row=128)  # buckets 64, 128: a full step fits
+    eng.add(list(range(1, 128)), greedy(1))  # 127 tokens: bucket 128 keeps a padding row
     assert graphs.takes(eng.runner.prepare(eng.scheduler.schedule()))
     eng = engine(model_dir, max_num_seqs=2)
-    eng.add(list(range(1, 65)), greedy(1))  # 64: no row to spare
+    eng.add(list(range(1, 129)), greedy(1))  # 128: no row to spare
     assert not graphs.takes(eng.runner.prepare(eng.scheduler.schedule()))
     graphs.slots = 2  # one real sequence and the padding sequence
     eng = engine(model_dir, max_num_seqs=2)
     eng.add([1, 2, 3], greedy(1))
     eng.add([4, 5, 6], greedy(1))
     assert not graphs.takes(eng.runner.prepare(eng.scheduler.schedule()))
+
+
+def test_a_step_at_the_token_budget_replays(model_dir):
+    """At hundreds of streams most prompt steps fill the budget; they used to run eagerly."""
+    eng = engine(model_dir, max_num_batched_tokens=64, max_prefill_chunk=64)
+    graphs = graphs_for(eng, max_tokens=64, max_row=128)
+    eng.add(list(range(1, 100)), greedy(1))
+    x = eng.runner.prepare(eng.scheduler.schedule())
+    assert len(x.input_ids) == 64 and graphs.takes(x)
+    torch.testing.assert_close(graphs.run(x), eng.runner.forward(x), rtol=1e-5, atol=1e-5)
 
 
 class SyncFree(SdpaAttention):
