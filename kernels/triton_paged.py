@@ -11,9 +11,14 @@ Two paths:
 * Decode (max_seqlen_q == 1): memory-bound, so the design is about bytes in flight. One program
   per (sequence, kv head, split) loads each K/V tile once and uses it for every query head of the
   GQA group (the group is the M dimension of a small tensor-core dot, padded to 16 rows). When the
-  batch is too small to cover the GPU, each sequence's KV is cut into `num_splits` contiguous
-  ranges, each program writes a normalised partial output plus its log-sum-exp, and a small
-  second kernel merges the splits. When it is large enough, one split writes the output directly.
+  batch is too small to cover the GPU, each sequence's KV is cut into up to `num_splits`
+  contiguous ranges of at least `min_split_tokens`; each program writes a normalised partial
+  output plus its log-sum-exp, and the last program of a (sequence, kv head) to finish (an
+  atomic counter says which) merges them: no second kernel. A sequence too short to split, or a
+  batch large enough to cover the GPU, writes the output directly. The split count is fixed per
+  launch (a CUDA graph captures it for the longest context) while the ranges follow each
+  sequence's length, so in a graph captured for 40k tokens a 160-token decode runs as one
+  program per kv head and the rest of the grid exits at once.
 * Prefill / extend / mixed batches: one program per (query tile, kv head). A query tile is
   BLOCK_Q tokens of one sequence times the GQA group's heads, packed as the M = BLOCK_Q * GROUP
   rows of the tile, so a K/V tile feeds the whole group (and a decode row in a mixed batch costs
@@ -45,6 +50,10 @@ from kernels.attention import AttentionMetadata
 LOG2E = 1.4426950408889634
 H200_SMS = 132  # what the split heuristic assumes when there is no CUDA device (CPU tests)
 MAX_SPLITS = 64
+# Shorter KV ranges save less than their partial writes and the merge cost. On the H200, a
+# Qwen3-8B batch-1 decode at 160 tokens (three 64-token tiles) took 8.0 us a layer in one
+# program per kv head, 11.4 us split in three and merged by the last.
+MIN_SPLIT_TOKENS = 256
 PROGRAMS_PER_SM = 4  # decode programs resident on one SM (limited by registers)
 INTERPRETED = bool(triton.knobs.runtime.interpret)  # TRITON_INTERPRET=1 when triton was imported
 
@@ -83,14 +92,16 @@ def _decode_kernel(
     q_ptr,  # (T, H, D), T == number of sequences with one query each
     k_ptr,  # (num_blocks, PAGE, H_kv, D)
     v_ptr,
-    out_ptr,  # (T, H, D): written when NUM_SPLITS == 1
+    out_ptr,  # (T, H, D)
     part_o_ptr,  # (B, H, NUM_SPLITS, D) float32, normalised per split
     part_lse_ptr,  # (B, H, NUM_SPLITS) float32, log2-sum-exp2 of each split
+    count_ptr,  # (B, H_kv) int32, zero between calls: splits of each sequence done so far
     cu_q_ptr,
     seqused_ptr,
     bt_ptr,
     scale_log2,  # softmax scale * log2(e)
     num_heads,
+    num_kv_heads,
     stride_qt,
     stride_qh,
     stride_kb,
@@ -107,7 +118,10 @@ def _decode_kernel(
     HEAD_DIM: tl.constexpr,
     PAGE: tl.constexpr,  # cache block size
     BLOCK_N: tl.constexpr,  # KV tokens per tile (may span several pages)
-    NUM_SPLITS: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,  # the most ranges a sequence is cut into
+    MIN_SPLIT_TILES: tl.constexpr,  # the fewest tiles a range holds
+    GROUP_PAD: tl.constexpr,  # GROUP padded to a power of two (the merge's heads)
+    MERGE_SPLITS: tl.constexpr,  # partials the merge reads at once, a power of two
     DOT_PREC: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -118,11 +132,15 @@ def _decode_kernel(
         return
     seq_len = tl.load(seqused_ptr + b)
 
-    # This split's contiguous range of KV tiles. Splits are cut per sequence from its own length,
-    # so short sequences in a batch with long ones still split evenly (trailing splits may be
-    # empty; they report lse = -inf and weigh nothing in the merge).
+    # This split's contiguous range of KV tiles. Ranges are cut per sequence from its own length,
+    # at least MIN_SPLIT_TILES each (a shorter one saves less than its partial and the merge
+    # cost), so a short sequence in a CUDA graph captured for a long context runs as one
+    # program per kv head, and splits past a sequence's last range have nothing to do.
     n_tiles = tl.cdiv(seq_len, BLOCK_N)
-    per_split = tl.cdiv(n_tiles, NUM_SPLITS)
+    per_split = tl.maximum(tl.cdiv(n_tiles, NUM_SPLITS), MIN_SPLIT_TILES)
+    active = tl.maximum(tl.cdiv(n_tiles, per_split), 1)
+    if split >= active:
+        return
     tile_lo = split * per_split
     tile_hi = tl.minimum(tile_lo + per_split, n_tiles)
 
@@ -163,59 +181,87 @@ def _decode_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
 
-    l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # an empty split (or an empty sequence) stays 0
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # an empty sequence stays 0
     o = acc / l_safe[:, None]
-    if NUM_SPLITS == 1:
-        out = out_ptr + q_row.to(tl.int64) * stride_ot + heads[:, None] * stride_oh
-        tl.store(out + offs_d[None, :], o.to(out_ptr.dtype.element_ty), mask=head_ok[:, None])
+    out = out_ptr + q_row.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
+    # Two branches, not one `or`: the first is decided at compile time, and a batch that covers
+    # the GPU gets a kernel without partials or counters.
+    if NUM_SPLITS == 1:  # noqa: SIM114
+        tl.store(out, o.to(out_ptr.dtype.element_ty), mask=head_ok[:, None])
+    elif active == 1:
+        tl.store(out, o.to(out_ptr.dtype.element_ty), mask=head_ok[:, None])
     else:
-        part = (b * num_heads + heads) * NUM_SPLITS + split  # (BLOCK_H,) row of each head
-        lse = tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf"))  # -inf: empty split
-        tl.store(part_lse_ptr + part, lse, mask=head_ok)
-        tl.store(
-            part_o_ptr + part[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :],
-            o,
-            mask=head_ok[:, None],
-        )
+        rows = (b * num_heads + heads) * NUM_SPLITS  # (BLOCK_H,) first partial of each head
+        tl.store(part_lse_ptr + rows + split, m_i + tl.log2(l_safe), mask=head_ok)
+        part = part_o_ptr + (rows + split)[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+        tl.store(part, o, mask=head_ok[:, None])
+        # Every thread's partial is written (the barrier) before the counter's release; the
+        # program that counts last sees every other split's partial after its acquire.
+        tl.debug_barrier()
+        count = count_ptr + b * num_kv_heads + kvh
+        if tl.atomic_add(count, 1, sem="acq_rel") == active - 1:
+            _merge_splits(
+                out_ptr + q_row.to(tl.int64) * stride_ot + kvh * GROUP * stride_oh,
+                part_o_ptr,
+                part_lse_ptr,
+                (b * num_heads + kvh * GROUP) * NUM_SPLITS,
+                active,
+                stride_oh,
+                GROUP,
+                GROUP_PAD,
+                HEAD_DIM,
+                NUM_SPLITS,
+                MERGE_SPLITS,
+            )
+            tl.atomic_xchg(count, 0, sem="relaxed")  # zero again for the next call
 
 
 @triton.jit
-def _merge_kernel(
-    out_ptr,
-    part_o_ptr,  # (B, H, NUM_SPLITS, D) float32
-    part_lse_ptr,  # (B, H, NUM_SPLITS) float32, log2 units
-    cu_q_ptr,
-    num_heads,
-    stride_ot,
+def _merge_splits(
+    out_ptr,  # the group's first head in the output row
+    part_o_ptr,
+    part_lse_ptr,
+    row0,  # the partials' row of the group's first head
+    active,
     stride_oh,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
-    SPLITS_PAD: tl.constexpr,
+    MERGE_SPLITS: tl.constexpr,
 ):
-    """One program per (sequence, query head): out = sum_s w_s o_s / sum_s w_s,
-    w_s = 2^(lse_s - max lse). Reads NUM_SPLITS * D floats; tiny next to the KV."""
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    q_row = tl.load(cu_q_ptr + b)
-    if tl.load(cu_q_ptr + b + 1) == q_row:
-        return
-    offs_s = tl.arange(0, SPLITS_PAD)
+    """out_h = sum_s w_s o_s / sum_s w_s over the `active` partials of each head of the group,
+    w_s = 2^(lse_s - max lse), with a running maximum over chunks of MERGE_SPLITS partials. A
+    chunk is one (heads, splits, D) load, so every head's trip to L2 overlaps (.cg: the other
+    SMs' partials are there, not in this SM's L1); nothing is stored until the end."""
+    offs_h = tl.arange(0, GROUP_PAD)
+    offs_s = tl.arange(0, MERGE_SPLITS)
     offs_d = tl.arange(0, HEAD_DIM)
-    split_ok = offs_s < NUM_SPLITS
-    base = (b * num_heads + h) * NUM_SPLITS
-    lse = tl.load(part_lse_ptr + base + offs_s, mask=split_ok, other=float("-inf"))
-    m = tl.max(lse, 0)
-    m = tl.where(m == float("-inf"), 0.0, m)  # no key at all: every weight 0, output 0
-    w = tl.exp2(lse - m)
-    o = tl.load(
-        part_o_ptr + (base + offs_s[:, None]).to(tl.int64) * HEAD_DIM + offs_d[None, :],
-        mask=split_ok[:, None],
-        other=0.0,
-    )
-    total = tl.sum(w, 0)
-    o = tl.sum(o * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
-    out = out_ptr + q_row.to(tl.int64) * stride_ot + h * stride_oh + offs_d
-    tl.store(out, o.to(out_ptr.dtype.element_ty))
+    h_ok = offs_h < GROUP
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    den = tl.zeros([GROUP_PAD], tl.float32)
+    num = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+    for s0 in range(0, active, MERGE_SPLITS):
+        split = s0 + offs_s
+        ok = h_ok[:, None] & (split < active)[None, :]  # (heads, splits)
+        rows = row0 + offs_h[:, None] * NUM_SPLITS + split[None, :]
+        lse = tl.load(part_lse_ptr + rows, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        o = tl.load(
+            part_o_ptr + rows[:, :, None].to(tl.int64) * HEAD_DIM + offs_d[None, None, :],
+            mask=ok[:, :, None],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        m_new = tl.maximum(m, tl.max(lse, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # the pad heads see no partial
+        alpha = tl.exp2(m - m_safe)
+        w = tl.exp2(lse - m_safe[:, None])  # (heads, splits)
+        den = den * alpha + tl.sum(w, 1)
+        num = num * alpha[:, None] + tl.sum(o * w[:, :, None], 1)
+        m = m_new
+    o = num / tl.where(den > 0.0, den, 1.0)[:, None]
+    out = out_ptr + offs_h[:, None] * stride_oh + offs_d[None, :]
+    tl.store(out, o.to(out_ptr.dtype.element_ty), mask=h_ok[:, None])
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,7 +404,7 @@ def num_kv_splits(
     kv_heads: int,
     max_seqlen_k: int,
     num_sms: int = H200_SMS,
-    min_split_tokens: int = 256,
+    min_split_tokens: int = MIN_SPLIT_TOKENS,
 ) -> int:
     """How many KV ranges each (sequence, kv head) of a decode batch is cut into.
 
@@ -397,8 +443,9 @@ class TritonPagedAttention:
     """Triton paged attention: split-KV decode and a varlen causal prefill over the block table.
 
     `num_splits` fixes the decode split count (for CUDA-graph capture or tests); None picks it
-    per batch with `num_kv_splits`. The block sizes are tunables for tests and benchmarks; None
-    takes the defaults chosen for the H200.
+    per batch with `num_kv_splits`; either way no range is shorter than `min_split_tokens`. The
+    block sizes are tunables for tests and benchmarks; None takes the defaults chosen for the
+    H200.
     """
 
     name = "triton-paged"
@@ -412,6 +459,7 @@ class TritonPagedAttention:
         prefill_block_m: int | None = None,
         prefill_block_n: int | None = None,
         prefill_stages: int | None = None,
+        min_split_tokens: int = MIN_SPLIT_TOKENS,
     ) -> None:
         if num_splits is not None and not 1 <= num_splits <= MAX_SPLITS:
             raise ValueError(f"num_splits must be in 1..{MAX_SPLITS}, got {num_splits}")
@@ -420,6 +468,9 @@ class TritonPagedAttention:
         self.prefill_block_m = prefill_block_m
         self.prefill_block_n = prefill_block_n
         self.prefill_stages = prefill_stages
+        self.min_split_tokens = min_split_tokens
+        self._counts: dict[torch.device, torch.Tensor] = {}
+        self._outgrown: list[torch.Tensor] = []
 
     @staticmethod
     def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
@@ -481,6 +532,7 @@ class TritonPagedAttention:
             kv_heads,
             a.meta.max_seqlen_k,
             H200_SMS if a.interpret else _sm_count(_device_index(a.q.device)),
+            self.min_split_tokens,
         )
         # 16 KiB of K and of V per tile at either head_dim (64 x 128 or 128 x 64 bf16 elements).
         # With 4 warps and num_stages=3, Triton's pipeliner fetches the page indices two tiles
@@ -490,8 +542,9 @@ class TritonPagedAttention:
         if splits > 1:
             part_o = torch.empty(batch, heads, splits, head_dim, dtype=torch.float32, device=a.dev)
             part_lse = torch.empty(batch, heads, splits, dtype=torch.float32, device=a.dev)
+            counts = self._split_counts(a.dev, batch * kv_heads)
         else:
-            part_o = part_lse = a.out  # unused
+            part_o = part_lse = counts = a.out  # unused
         _decode_kernel[(batch, kv_heads, splits)](
             a.q,
             a.k,
@@ -499,11 +552,13 @@ class TritonPagedAttention:
             a.out,
             part_o,
             part_lse,
+            counts,
             a.cu_q,
             a.seqused,
             a.tables,
             a.scale_log2,
             heads,
+            kv_heads,
             *a.strides,
             GROUP=group,
             BLOCK_H=max(16, _next_pow2(group)),
@@ -511,24 +566,26 @@ class TritonPagedAttention:
             PAGE=a.k.shape[1],
             BLOCK_N=block_n,
             NUM_SPLITS=splits,
+            MIN_SPLIT_TILES=triton.cdiv(self.min_split_tokens, block_n),
+            GROUP_PAD=_next_pow2(group),
+            # (heads, splits, D) float32 of a chunk: 64 registers a thread at head_dim 128
+            MERGE_SPLITS=min(_next_pow2(splits), max(2, 64 // _next_pow2(group))),
             DOT_PREC=a.dot_prec,
             num_warps=4,
             num_stages=3,
         )
-        if splits > 1:
-            _merge_kernel[(batch, heads)](
-                a.out,
-                part_o,
-                part_lse,
-                a.cu_q,
-                heads,
-                a.out.stride(0),
-                a.out.stride(1),
-                HEAD_DIM=head_dim,
-                NUM_SPLITS=splits,
-                SPLITS_PAD=_next_pow2(splits),
-                num_warps=4,
-            )
+
+    def _split_counts(self, device: torch.device, n: int) -> torch.Tensor:
+        """n int32 counters, zero (every decode leaves them so). One buffer per device serves
+        every layer, since a model's layers run one after another on one stream; a buffer
+        outgrown stays alive, because CUDA graphs captured with it keep its address."""
+        buf = self._counts.get(device)
+        if buf is None or buf.numel() < n:
+            if buf is not None:
+                self._outgrown.append(buf)
+            buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+            self._counts[device] = buf
+        return buf
 
     def _prefill(self, a: _Args) -> None:
         batch = a.meta.seqused_k.shape[0]

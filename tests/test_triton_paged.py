@@ -51,7 +51,7 @@ DECODE_LENS = [1, 16, 37, 64, 150]
     [
         (1, 64, 16, 1, None),  # one split writes the output directly
         (2, 128, 32, 1, None),
-        (4, 64, 32, 3, None),  # splits of one 64- or 128-token tile; trailing splits empty
+        (4, 64, 32, 3, None),  # ranges of one 64- or 128-token tile; trailing splits idle
         (8, 128, 16, 7, None),  # more splits than tiles
         (4, 128, 16, 4, 16),  # 16-token tiles: several tiles per split, one page each
         (2, 64, 32, 5, 16),  # two tiles per 32-token page
@@ -60,7 +60,7 @@ DECODE_LENS = [1, 16, 37, 64, 150]
     ],
 )
 def test_decode_matches_dense(group, d, block_size, splits, block_n):
-    attn = TritonPagedAttention(num_splits=splits, decode_block_n=block_n)
+    attn = TritonPagedAttention(num_splits=splits, decode_block_n=block_n, min_split_tokens=1)
     check(attn, DECODE_LENS, [1] * len(DECODE_LENS), group=group, d=d, block_size=block_size)
 
 
@@ -108,11 +108,29 @@ def test_strided_views_of_fused_buffers():
     torch.testing.assert_close(out, want, **TOL)
 
 
+@pytest.mark.parametrize(
+    "group, splits, min_tokens",
+    [
+        (4, 8, 32),  # 150 tokens: five ranges of two tiles; 20 tokens: one, written directly
+        (8, 16, 16),  # 300 tokens: ten ranges, merged in two chunks (8 partials, then 2)
+    ],
+)
+def test_ranges_follow_each_sequence_and_the_counters_end_at_zero(group, splits, min_tokens):
+    """16-token tiles; the last range of a sequence to finish merges its partials. The split
+    counters are zero after every call, so the next call (a CUDA graph's next replay) counts
+    from zero again."""
+    attn = TritonPagedAttention(num_splits=splits, decode_block_n=16, min_split_tokens=min_tokens)
+    for seed in range(2):
+        check(attn, [150, 20, 1, 300], [1] * 4, group=group, d=64, block_size=16, seed=seed)
+        (counts,) = attn._counts.values()
+        assert counts.count_nonzero() == 0
+
+
 def test_decode_rows_agree_between_paths():
     """A decode batch through the split-KV path and through the prefill kernel (forced by a
     max_seqlen_q of 2) give the same rows."""
     q, k_cache, v_cache, meta, *_ = paged_case([90, 3, 33], [1, 1, 1], block_size=16, d=64)
-    attn = TritonPagedAttention(num_splits=3)
+    attn = TritonPagedAttention(num_splits=3, min_split_tokens=1)
     decode = attn(q, k_cache, v_cache, meta, 0.125)
     meta.max_seqlen_q = 2
     prefill = attn(q, k_cache, v_cache, meta, 0.125)

@@ -124,6 +124,26 @@ def test_long_context_decode_matches_sdpa():
     torch.testing.assert_close(got, want, atol=1e-2, rtol=1e-2)
 
 
+def test_the_last_split_merges_without_races():
+    """64 ranges a sequence, all resident at once, merged by whichever program counts last:
+    each of 50 calls equals the first to the bit (the merge order is fixed) and SDPA within bf16,
+    and the counters are zero after every call."""
+    from kernels.attention import backend
+
+    q, k_cache, v_cache, meta, *_ = paged_case(
+        [4096, 2500, 37, 1000], [1] * 4, block_size=16, h=32, h_kv=8, d=128
+    )
+    args = (q.to(DEV, torch.bfloat16), k_cache.to(DEV, torch.bfloat16))
+    args += (v_cache.to(DEV, torch.bfloat16), on_cuda(meta), 128**-0.5)
+    attn = attention(num_splits=64, min_split_tokens=16)
+    first = attn(*args)
+    (counts,) = attn._counts.values()
+    for _ in range(50):
+        assert torch.equal(attn(*args), first)
+        assert counts.count_nonzero().item() == 0
+    torch.testing.assert_close(first.float(), backend("sdpa")(*args).float(), atol=1e-2, rtol=1e-2)
+
+
 def test_prefill_matches_torch_varlen():
     from kernels.attention import backend
 
