@@ -8,10 +8,10 @@ references on CPU.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kernels.fused import rms_norm, silu_mul
+from kernels.linear import linear
 
 
 class RMSNorm(nn.Module):
@@ -78,5 +78,5 @@ class GatedMLP(nn.Module):
         if self.gate_up is None:
             gate, up = self.gate_proj(x), self.up_proj(x)
         else:
-            gate, up = F.linear(x, self.gate_up).chunk(2, dim=-1)  # views of one GEMM's output
-        return self.down_proj(silu_mul(gate, up))
+            gate, up = linear(x, self.gate_up).chunk(2, dim=-1)  # views of one GEMM's output
+        return linear(silu_mul(gate, up), self.down_proj.weight)

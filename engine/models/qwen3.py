@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.models.layers import GatedMLP, RMSNorm, Rotary, fuse_linears
 from kernels.attention import AttentionBackend, AttentionMetadata
 from kernels.fused import qk_norm_rope_ref, rms_norm_ref, rope_store, silu_mul_ref
+from kernels.linear import linear
 from kernels.sdpa import sdpa
 
 
@@ -93,7 +93,7 @@ class Attention(nn.Module):
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         else:
             kv = self.h_kv * self.d
-            q, k, v = F.linear(x, *self.qkv).split([self.h * self.d, kv, kv], dim=-1)
+            q, k, v = linear(x, *self.qkv).split([self.h * self.d, kv, kv], dim=-1)
         return q.view(T, self.h, self.d), k.view(T, self.h_kv, self.d), v.view(T, self.h_kv, self.d)
 
     def forward(self, x, positions, kv, meta: AttentionMetadata) -> torch.Tensor:
@@ -112,7 +112,7 @@ class Attention(nn.Module):
             meta.slot_mapping,
         )
         o = self.attn(q, k_cache, v_cache, meta, self.scale)  # (T, H, D)
-        return self.o_proj(o.reshape(T, self.h * self.d))
+        return linear(o.reshape(T, self.h * self.d), self.o_proj.weight, self.o_proj.bias)
 
     def dense(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: (B, L, hidden), right-padded rows; causal attention within each row."""
@@ -218,7 +218,7 @@ class Qwen3ForCausalLM(nn.Module):
             layer.fuse()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        return linear(hidden, self.lm_head.weight).float()
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Hugging Face names as they are; a stored lm_head of a tied model is ignored."""
