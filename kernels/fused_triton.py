@@ -76,30 +76,60 @@ def rms_norm_triton(x, weight, eps, residual=None):
 
 @triton.jit
 def _rope_kernel(
-    x_ptr,  # (T, heads, D): q or k
-    w_ptr,
+    q_ptr,  # (T, H, D), rotated in place
+    k_ptr,  # (T, H_kv, D), rotated into the k cache
+    qw_ptr,  # (D,) the q norm's weight (HAS_NORM)
+    kw_ptr,
     cos_ptr,  # (max_len, D/2) float32
     sin_ptr,
     pos_ptr,
-    stride_t,
-    stride_h,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
     eps,
-    v_ptr,  # STORE: (T, heads, D), copied to the v cache
+    v_ptr,  # (T, H_kv, D), copied to the v cache
     stride_vt,
     stride_vh,
-    kc_ptr,  # STORE: the caches, slot-major: slot s of head h at s * stride_cs + h * stride_ch
+    kc_ptr,  # the caches, slot-major: slot s of head h at s * stride_cs + h * stride_ch
     vc_ptr,
     slot_ptr,
     stride_cs,
     stride_ch,
+    num_q_heads,
     D: tl.constexpr,
     HAS_NORM: tl.constexpr,
-    STORE: tl.constexpr,  # write the result and v to the caches instead of back into x
 ):
+    """One program per (token, head) of q's heads then k's: one launch for both."""
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     half = tl.arange(0, D // 2)
-    base = x_ptr + t * stride_t + h * stride_h
+    pos = tl.load(pos_ptr + t)
+    c = tl.load(cos_ptr + pos * (D // 2) + half)
+    s = tl.load(sin_ptr + pos * (D // 2) + half)
+    if h < num_q_heads:
+        base = q_ptr + t * stride_qt + h * stride_qh
+        y1, y2 = _norm_rotate(base, qw_ptr, c, s, eps, D, HAS_NORM)
+        tl.store(base + half, y1)
+        tl.store(base + D // 2 + half, y2)
+    else:
+        hk = h - num_q_heads
+        y1, y2 = _norm_rotate(
+            k_ptr + t * stride_kt + hk * stride_kh, kw_ptr, c, s, eps, D, HAS_NORM
+        )
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        dst = kc_ptr + slot * stride_cs + hk * stride_ch
+        tl.store(dst + half, y1.to(kc_ptr.dtype.element_ty))
+        tl.store(dst + D // 2 + half, y2.to(kc_ptr.dtype.element_ty))
+        full = tl.arange(0, D)
+        v = tl.load(v_ptr + t * stride_vt + hk * stride_vh + full)
+        tl.store(vc_ptr + slot * stride_cs + hk * stride_ch + full, v.to(vc_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _norm_rotate(base, w_ptr, c, s, eps, D: tl.constexpr, HAS_NORM: tl.constexpr):
+    """A head's two halves at `base`, RMS-normed (HAS_NORM) and rotated, in its dtype."""
+    half = tl.arange(0, D // 2)
     x1 = tl.load(base + half)
     x2 = tl.load(base + D // 2 + half)
     dtype = x1.dtype
@@ -111,28 +141,13 @@ def _rope_kernel(
         # the normed head, rounded as the reference rounds (to dtype, then times the weight)
         a = (w1 * (a * inv).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
         b = (w2 * (b * inv).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-    pos = tl.load(pos_ptr + t)
-    c = tl.load(cos_ptr + pos * (D // 2) + half)
-    s = tl.load(sin_ptr + pos * (D // 2) + half)
-    y1 = (a * c - b * s).to(dtype)
-    y2 = (b * c + a * s).to(dtype)
-    if STORE:
-        slot = tl.load(slot_ptr + t).to(tl.int64)
-        dst = kc_ptr + slot * stride_cs + h * stride_ch
-        tl.store(dst + half, y1.to(kc_ptr.dtype.element_ty))
-        tl.store(dst + D // 2 + half, y2.to(kc_ptr.dtype.element_ty))
-        full = tl.arange(0, D)
-        v = tl.load(v_ptr + t * stride_vt + h * stride_vh + full)
-        tl.store(vc_ptr + slot * stride_cs + h * stride_ch + full, v.to(vc_ptr.dtype.element_ty))
-    else:
-        tl.store(base + half, y1)
-        tl.store(base + D // 2 + half, y2)
+    return (a * c - b * s).to(dtype), (b * c + a * s).to(dtype)
 
 
 def rope_store_triton(
     q, k, v, q_weight, k_weight, eps, cos, sin, positions, k_cache, v_cache, slot_mapping
 ):
-    """The kernel path of `rope_store`: one launch for q (in place), one for k and v."""
+    """The kernel path of `rope_store`: one launch, q in place, k and v to the caches."""
     norm = q_weight is not None
     if norm and (q.dtype != q_weight.dtype or k.dtype != k_weight.dtype):
         raise ValueError("q/k and their norm weights must share a dtype")
@@ -141,32 +156,34 @@ def rope_store_triton(
             raise ValueError("the KV cache must be contiguous within and across blocks")
     if k_cache.stride() != v_cache.stride() or v.stride(-1) != 1:
         raise ValueError("the K and V caches must share a layout; v's rows must be contiguous")
-    d = q.shape[-1]
     if not q.shape[0]:
         return q
-    cache = (k_cache.stride(1), k_cache.stride(2))
-    for x, w, store in ((q, q_weight, False), (k, k_weight, True)):
-        _rope_kernel[(x.shape[0], x.shape[1])](
-            x,
-            w if norm else x,
-            cos,
-            sin,
-            positions,
-            x.stride(0),
-            x.stride(1),
-            eps,
-            v,
-            v.stride(0),
-            v.stride(1),
-            k_cache,
-            v_cache,
-            slot_mapping,
-            *cache,
-            D=d,
-            HAS_NORM=norm,
-            STORE=store,
-            num_warps=1,
-        )
+    _rope_kernel[(q.shape[0], q.shape[1] + k.shape[1])](
+        q,
+        k,
+        q_weight if norm else q,
+        k_weight if norm else k,
+        cos,
+        sin,
+        positions,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        eps,
+        v,
+        v.stride(0),
+        v.stride(1),
+        k_cache,
+        v_cache,
+        slot_mapping,
+        k_cache.stride(1),
+        k_cache.stride(2),
+        q.shape[1],
+        D=q.shape[-1],
+        HAS_NORM=norm,
+        num_warps=1,
+    )
     return q
 
 
