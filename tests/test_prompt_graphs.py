@@ -157,6 +157,25 @@ def test_prompt_graphs_need_a_sync_free_prompt_backend(model_dir):
         layers[0].self_attn.attn = original
 
 
+def test_bigger_models_get_smaller_prompt_graphs(model_dir, monkeypatch):
+    """The graphs hold a fixed amount of work (tokens x weights): as many tokens as the budget
+    allows for a small decoder, proportionally fewer for a big one."""
+    from engine import model_runner
+
+    eng = engine(model_dir, max_num_batched_tokens=256)
+    runner = eng.runner
+    runner.model.model.layers[0].self_attn.attn = PhaseAttention(SdpaAttention(), SyncFree())
+    weights = sum(
+        p.numel()
+        for name, p in runner.model.named_parameters()
+        if "embed_tokens" not in name and "lm_head" not in name
+    )
+    monkeypatch.setattr(model_runner, "PROMPT_GRAPH_WORK", 1000 * weights)
+    assert runner.prompt_graph_limits() == (256, 256)  # the step's token budget
+    monkeypatch.setattr(model_runner, "PROMPT_GRAPH_WORK", 100 * weights)  # a model 10x the size
+    assert runner.prompt_graph_limits() == (100, 100)
+
+
 @pytest.mark.anyio
 async def test_a_stream_through_the_prompt_buffers_transcribes_as_eager_steps(tmp_path):
     """Qwen3-ASR's prompts carry the audio as injected rows, beside the prefix cache's blocks."""
