@@ -9,20 +9,14 @@ rows of W over all of K through a multi-stage pipeline of loads feeding a tensor
 rows padded to 16 and masked), so one kernel writes y. Measured against cuBLAS on the H200
 (bench/tune_gemv.py, one row): o 12.4 against 13.9 us, down 28.5 against 31.2, the lm_head
 (4,096 -> 151,936) 281 against 300; q/k/v (4,096 -> 6,144) and gate/up (4,096 -> 24,576) tie,
-so those stay with cuBLAS.
-
-`swiglu_linear` reads a gate/up GEMM's output and applies SwiGLU's silu(gate) * up as it loads
-x: the MLP's down projection without the kernel (and the gap) of a separate SwiGLU. Other
-shapes, CPU tensors, float32 and anything autograd records (the kernel has no backward) take
-torch's `F.linear`.
+so those stay with cuBLAS. Other shapes, CPU tensors, float32 and anything autograd records
+(the kernel has no backward) take torch's `F.linear`.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from kernels.fused import silu_mul
 
 SKINNY_ROWS = 16  # the most rows the kernel takes: its dot's M
 WIDE = 65536  # outputs from which a projection (a vocabulary's) is the kernel's again
@@ -35,17 +29,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
         return skinny_linear_triton(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], -1)
     return F.linear(x, weight, bias)
-
-
-def swiglu_linear(gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up @ weight^T, where gate_up (..., 2K) holds gate then up (one GEMM's)."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    if _skinny(gate, weight, None) and gate_up.stride(-1) == 1:
-        from kernels.linear_triton import skinny_linear_triton
-
-        rows = gate_up.reshape(-1, gate_up.shape[-1])
-        return skinny_linear_triton(rows, weight, swiglu=True).view(*gate_up.shape[:-1], -1)
-    return linear(silu_mul(gate, up), weight)
 
 
 def _skinny(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:

@@ -1,5 +1,4 @@
-"""The Triton kernel behind kernels/linear.py: y = x W^T for a few rows, without split-K; with
-SWIGLU, x = silu(gate) * up computed from a gate/up GEMM's output as the kernel reads it."""
+"""The Triton kernel behind kernels/linear.py: y = x W^T for a few rows, without split-K."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from kernels.linear import WIDE
 
 @triton.jit
 def _skinny_kernel(
-    x_ptr,  # (M, K); with SWIGLU (M, 2K): gate, then up
+    x_ptr,  # (M, K)
     w_ptr,  # (N, K), rows contiguous
     y_ptr,  # (M, N)
     M,
@@ -24,7 +23,6 @@ def _skinny_kernel(
     BLOCK_M: tl.constexpr,  # M padded to the dot's 16 rows; the pad is masked, never read
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    SWIGLU: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
     n0 = tl.program_id(0) * BLOCK_N
@@ -39,13 +37,7 @@ def _skinny_kernel(
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
-        x_ok = m_ok[:, None] & k_ok[None, :]
-        x = tl.load(x_rows + k[None, :], mask=x_ok, other=0.0)
-        if SWIGLU:  # rounded where kernels/fused.py's silu_mul rounds: silu, then the product
-            up = tl.load(x_rows + K + k[None, :], mask=x_ok, other=0.0)
-            g = x.to(tl.float32)
-            act = (g / (1.0 + tl.exp(-g))).to(x.dtype)
-            x = (act.to(tl.float32) * up.to(tl.float32)).to(x.dtype)
+        x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PREC)
     y = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -53,9 +45,8 @@ def _skinny_kernel(
 
 
 def skinny_linear_triton(
-    x: torch.Tensor,  # (M, K), M <= 16; with swiglu (M, 2K)
+    x: torch.Tensor,  # (M, K), M <= 16
     weight: torch.Tensor,  # (N, K)
-    swiglu: bool = False,
     block_n: int | None = None,
     block_k: int | None = None,
     num_warps: int = 4,
@@ -64,8 +55,8 @@ def skinny_linear_triton(
     """The kernel path of `linear` (kernels/linear.py). The tiles default to the best of 54
     tried on the H200 for a Qwen3-8B layer's o and down projections (32 outputs x 512 of K, 4
     stages) and its lm_head (64 x 256, 3 stages): bench/tune_gemv.py, docs/benchmarks.md."""
-    m = x.shape[0]
-    n, k = weight.shape
+    m, k = x.shape
+    n = weight.shape[0]
     wide = n >= WIDE
     block_n = block_n or (64 if wide else 32)
     block_k = block_k or (256 if wide else 512)
@@ -86,7 +77,6 @@ def skinny_linear_triton(
         BLOCK_M=16,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
-        SWIGLU=swiglu,
         DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
         num_warps=num_warps,
         num_stages=num_stages,

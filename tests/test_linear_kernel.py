@@ -11,7 +11,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from kernels.fused import silu_mul_ref  # noqa: E402
 from kernels.linear import linear  # noqa: E402
 from kernels.linear_triton import skinny_linear_triton  # noqa: E402
 from kernels.triton_paged import INTERPRETED  # noqa: E402
@@ -48,17 +47,6 @@ def test_strided_rows_and_a_weight_slice():
     w = fused[16:40]
     got = skinny_linear_triton(x, w, block_n=16, block_k=32)
     torch.testing.assert_close(got, F.linear(x, w), atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("m, k", [(1, 96), (4, 70)])
-def test_swiglu_on_the_way_in(m, k):
-    """x = silu(gate) * up from a gate/up GEMM's output (gate, then up), applied as x is read."""
-    g = torch.Generator().manual_seed(m + k)
-    gate_up = torch.randn(m, 2 * k, generator=g)
-    w = torch.randn(40, k, generator=g)
-    got = skinny_linear_triton(gate_up, w, swiglu=True, block_n=16, block_k=32)
-    want = F.linear(silu_mul_ref(*gate_up.chunk(2, dim=-1)), w)
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_cpu_tensors_take_f_linear():

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from kernels.fused import rms_norm, silu_mul
-from kernels.linear import linear, swiglu_linear
+from kernels.linear import linear
 
 
 class RMSNorm(nn.Module):
@@ -62,8 +62,7 @@ def fuse_linears(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None
 
 
 class GatedMLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)); gate and up in one GEMM once `fuse()` ran, and at a
-    decode step's few rows the silu and product inside the down projection's kernel."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); gate and up in one GEMM once `fuse()` ran."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -77,5 +76,7 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up is None:
-            return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
-        return swiglu_linear(linear(x, self.gate_up), self.down_proj.weight)
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = linear(x, self.gate_up).chunk(2, dim=-1)  # views of one GEMM's output
+        return linear(silu_mul(gate, up), self.down_proj.weight)

@@ -27,22 +27,6 @@ def test_matches_float32(rows, k, n):
     torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=2**-7)
 
 
-@pytest.mark.parametrize("rows", [1, 5])
-def test_swiglu_matches_the_unfused_kernels(rows):
-    """The down projection reading gate/up's output equals silu_mul then the kernel: the same
-    roundings (silu, then the product, in bf16)."""
-    from kernels.fused import silu_mul
-    from kernels.linear import swiglu_linear
-    from kernels.linear_triton import skinny_linear_triton
-
-    g = torch.Generator(device="cuda").manual_seed(rows)
-    gate_up = torch.randn(rows, 2 * 12288, generator=g, device="cuda").bfloat16()
-    w = (torch.randn(4096, 12288, generator=g, device="cuda") / 12288**0.5).bfloat16()
-    got = swiglu_linear(gate_up, w)
-    want = skinny_linear_triton(silu_mul(*gate_up.chunk(2, dim=-1)), w)
-    assert torch.equal(got, want)
-
-
 def test_replays_from_a_graph():
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(1, 4096, generator=g, device="cuda").bfloat16()
