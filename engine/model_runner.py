@@ -32,13 +32,23 @@ from kernels.attention import (
 
 log = logging.getLogger(__name__)
 
-PROMPT_GRAPH_TOKENS = 8192  # the largest prompt graph (ModelRunner.prompt_graph_limits)
-# ... for a decoder of 0.44B weights outside the embeddings (Qwen3-0.6B, the Qwen3-ASR-0.6B
-# decoder): tokens x weights of the largest prompt graph. A bigger model gets fewer tokens (512
-# for a Qwen3-8B): past that a step is bound by its arithmetic, a graph saves nothing, and its
-# bucket's padding costs. On the H200 an 8B 1,024-token prompt took 45 ms in the 2,048 bucket
-# against 24.5 ms eagerly.
-PROMPT_GRAPH_WORK = PROMPT_GRAPH_TOKENS * 440e6
+PROMPT_GRAPH_TOKENS = 8192  # the largest prompt graph (ModelRunner.prompt_graph_limits) ...
+# ... for a decoder of up to 0.5B weights outside the embeddings (Qwen3-0.6B and the Qwen3-ASR
+# decoder have 0.44B): tokens x weights of the largest prompt graph. A bigger model gets fewer
+# tokens (589 for a Qwen3-8B): past that a step is bound by its arithmetic, a graph saves
+# nothing, and its bucket's padding costs. On the H200 an 8B 1,024-token prompt took 45 ms in
+# the 2,048 bucket against 24.5 ms eagerly.
+PROMPT_GRAPH_WORK = PROMPT_GRAPH_TOKENS * 500e6
+
+
+def prompt_graph_tokens(model: torch.nn.Module) -> int:
+    """The most tokens a prompt graph of this model holds, by its weights (PROMPT_GRAPH_WORK)."""
+    weights = sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if "embed_tokens" not in name and "lm_head" not in name
+    )
+    return min(PROMPT_GRAPH_TOKENS, int(PROMPT_GRAPH_WORK / max(weights, 1)))
 
 
 @dataclass
@@ -154,16 +164,8 @@ class ModelRunner:
         q = torch.empty(1, cfg.num_attention_heads, cfg.head_dim, device=self.device)
         if not (getattr(attn, "prompt_graph_safe", False) and takes(attn, q, self.kv_caches[0][0])):
             return 0, 0
-        weights = sum(
-            p.numel()
-            for name, p in self.model.named_parameters()
-            if "embed_tokens" not in name and "lm_head" not in name
-        )
         tokens = min(
-            PROMPT_GRAPH_TOKENS,
-            int(PROMPT_GRAPH_WORK / max(weights, 1)),
-            self.config.max_num_batched_tokens,
-            self.max_model_len,
+            prompt_graph_tokens(self.model), self.config.max_num_batched_tokens, self.max_model_len
         )
         return tokens, min(long_from or tokens, tokens)
 

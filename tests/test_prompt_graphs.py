@@ -176,6 +176,20 @@ def test_bigger_models_get_smaller_prompt_graphs(model_dir, monkeypatch):
     assert runner.prompt_graph_limits() == (100, 100)
 
 
+@pytest.mark.parametrize("shape, tokens", [("qwen3-0.6b", 8192), ("qwen3-8b", 589)])
+def test_prompt_graph_tokens_of_the_released_shapes(shape, tokens):
+    """The 0.6B decoder (Qwen3-ASR's too) keeps graphs up to the whole 8,192-token budget, so
+    that a full step at hundreds of streams replays; an 8B runs prompts past 589 tokens eagerly."""
+    from engine.bench.chat import ChatBench
+    from engine.model_runner import prompt_graph_tokens
+    from engine.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config.from_dict(ChatBench(shape=shape).config_dict())
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(cfg, SdpaAttention())
+    assert prompt_graph_tokens(model) == tokens
+
+
 @pytest.mark.anyio
 async def test_a_stream_through_the_prompt_buffers_transcribes_as_eager_steps(tmp_path):
     """Qwen3-ASR's prompts carry the audio as injected rows, beside the prefix cache's blocks."""
