@@ -32,12 +32,12 @@ from kernels.attention import (
 
 log = logging.getLogger(__name__)
 
-PROMPT_GRAPH_TOKENS = 8192  # the largest prompt graph (ModelRunner.prompt_graph_limits) ...
-# ... for a decoder of up to 0.5B weights outside the embeddings (Qwen3-0.6B and the Qwen3-ASR
-# decoder have 0.44B): tokens x weights of the largest prompt graph. A bigger model gets fewer
-# tokens (589 for a Qwen3-8B): past that a step is bound by its arithmetic, a graph saves
-# nothing, and its bucket's padding costs. On the H200 an 8B 1,024-token prompt took 45 ms in
-# the 2,048 bucket against 24.5 ms eagerly.
+# The largest prompt graph (ModelRunner.prompt_graph_limits): 8,192 tokens for a decoder of up
+# to 0.5B weights outside the embeddings (Qwen3-0.6B and the Qwen3-ASR decoder have 0.44B), and
+# for a bigger one as many tokens as make the same work, tokens x weights (589 for a Qwen3-8B).
+# Past that a step is bound by its arithmetic: a graph saves nothing and its bucket's padding
+# costs. On the H200 an 8B 1,024-token prompt took 45 ms in the 2,048 bucket, 24-29 ms eagerly.
+PROMPT_GRAPH_TOKENS = 8192
 PROMPT_GRAPH_WORK = PROMPT_GRAPH_TOKENS * 500e6
 
 

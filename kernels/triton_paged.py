@@ -51,8 +51,9 @@ LOG2E = 1.4426950408889634
 H200_SMS = 132  # what the split heuristic assumes when there is no CUDA device (CPU tests)
 MAX_SPLITS = 64
 # Shorter KV ranges save less than their partial writes and the merge cost. On the H200, a
-# Qwen3-8B batch-1 decode at 160 tokens (three 64-token tiles) took 8.0 us a layer in one
-# program per kv head, 11.4 us split in three and merged by the last.
+# Qwen3-8B batch-1 decode at 160 tokens (three 64-token tiles) took 8.0-8.4 us a layer in one
+# program per kv head, 11.4 us split in three and merged by the last (a first version of the
+# merge, one head at a time; the chunked merge has not been timed at that length).
 MIN_SPLIT_TOKENS = 256
 PROGRAMS_PER_SM = 4  # decode programs resident on one SM (limited by registers)
 INTERPRETED = bool(triton.knobs.runtime.interpret)  # TRITON_INTERPRET=1 when triton was imported
