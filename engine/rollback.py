@@ -147,6 +147,7 @@ class RollbackSegment(ABC):
         # costs the chunk, not a copy of everything before it (minutes, at 512 streams)
         self._buffer = np.zeros(0, dtype=np.float32)
         self._size = 0
+        self._step = config.step_samples
         self.stepped = 0  # samples the last step covered
         self.chunk_id = 0  # steps done, as the official state counts them
         self.raw = ""  # the last output
@@ -171,10 +172,10 @@ class RollbackSegment(ABC):
         self._size = end
 
     def due(self) -> int:
-        """Samples the next partial step covers; 0 when less than a step is new."""
-        step = self.config.step_samples
-        ready = (self.audio.size - self.stepped) // step
-        return self.stepped + ready * step if ready else 0
+        """Samples the next partial step covers; 0 when less than a step is new. (The worker asks
+        every stream each turn it has no request running: kept to integer arithmetic.)"""
+        ready = (self._size - self.stepped) // self._step
+        return self.stepped + ready * self._step if ready else 0
 
     def _prefix(self, final: bool) -> str:
         if self.chunk_id < self.config.unfixed_chunks:

@@ -82,11 +82,13 @@ class Runtime:
                 workers = list(self._workers)
             for w in workers:
                 w.take_inbox()
-            urgent = any(w.interactive and w.has_work() for w in workers)
+            # once a turn: a speech worker's answer looks at every stream it has open
+            busy = [w for w in workers if w.has_work()]
+            urgent = any(w.interactive for w in busy)
             hold = urgent and self._held < self.interactive_steps - 1
             self._held = self._held + 1 if hold else 0
-            for w in workers:
-                if not w.has_work() or (hold and not w.interactive):
+            for w in busy:
+                if hold and not w.interactive:
                     continue
                 try:
                     w.step()
