@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
 
@@ -66,7 +67,7 @@ def main() -> None:
     ap.add_argument("--streams", type=int, nargs="+", default=[1000])
     a = ap.parse_args()
     for n in a.streams:
-        print(asyncio.run(measure(n)))
+        print(json.dumps(asyncio.run(measure(n))))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 SCRIPTS = [
-    "profile_asr.py", "profile_decode.py", "profile_host.py", "profile_train.py", "wire_cpu.py",
+    "profile_asr.py", "profile_decode.py", "profile_host.py", "profile_streams_host.py",
+    "profile_train.py", "tune_gemv.py", "wire_cpu.py",
 ]  # fmt: skip
 
 
@@ -44,3 +45,15 @@ def test_wire_cpu_measures_both_configurations(tmp_path):
         assert r["process_cpu_s"] > 0 and 0 <= r["main_thread_cpu_s"] <= r["process_cpu_s"]
         assert r["partials"] > 0 and r["errors"] == 0
     assert doc["configs"]["deflate"]["flags"] == ["--ws-per-message-deflate"]
+
+
+def test_streams_host_profile_reports_each_cost():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "profile_streams_host.py"), "--streams", "8"],
+        capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["streams"] == 8
+    assert all(row[k] > 0 for k in ("feed_us", "audio_command_us", "has_work_us"))
