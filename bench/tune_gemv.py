@@ -96,25 +96,16 @@ def main() -> None:
                 flush=True,
             )
             results.append(row)
-    # the configuration with the least total time over every shape at each row count
+    # the configuration with the least total time over every shape at each row count (among
+    # those that ran on every shape)
     for m in a.rows:
         rows = [r for r in results if r["rows"] == m]
-        totals: dict[tuple, float] = {}
+        totals: dict[tuple, list[float]] = {}
         for r in rows:
             for t in r["tried"]:
                 key = (t["block_n"], t["block_k"], t["num_warps"], t["num_stages"])
-                totals[key] = totals.get(key, 0.0) + t["us"]
-        complete = {
-            c: us
-            for c, us in totals.items()
-            if sum(
-                1
-                for r in rows
-                for t in r["tried"]
-                if (t["block_n"], t["block_k"], t["num_warps"], t["num_stages"]) == c
-            )
-            == len(rows)
-        }
+                totals.setdefault(key, []).append(t["us"])
+        complete = {c: sum(us) for c, us in totals.items() if len(us) == len(rows)}
         cfg, us = min(complete.items(), key=lambda kv: kv[1])
         print(
             f"M={m}: best overall {cfg}: {us:.1f} us for the five; cuBLAS "
