@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import httpx
 import numpy as np
 import pytest
 
+from engine.streaming import Final
 from rtserve.protocols.funasr import (
     FunasrConfig,
     joins_with_space,
@@ -25,7 +27,7 @@ from tests.clients import FunasrClient, at_rate, funasr_text, pcm16
 from tests.server import make_server, running
 from tests.test_native import encode, letters
 from tests.test_realtime import silence, speech
-from tests.tone_asr import ToneAsr, tone_audio
+from tests.tone_asr import ToneAsr, ToneStream, tone_audio
 
 pytestmark = pytest.mark.anyio
 
@@ -108,6 +110,32 @@ async def test_segments_of_a_spaced_language_are_joined_with_a_space():
     # cut at 500 ms: "abcde" and " fghi", whose final is "fghi"
     assert [r["text"] for r in results if r["mode"] == "2pass-offline"] == ["abcde", " fghi"]
     assert funasr_text(results, "2pass-online") == "abcde fghi"
+
+
+@dataclass
+class LoudAsr(ToneAsr):
+    """A second pass that disagrees with the first: it hears the same letters, in capitals."""
+
+    name: str = "loud"
+
+    def open_stream(self, options) -> ToneStream:
+        return LoudStream(self, options)
+
+
+class LoudStream(ToneStream):
+    async def __anext__(self):
+        ev = await super().__anext__()
+        return replace(ev, text=ev.text.upper()) if isinstance(ev, Final) else ev
+
+
+async def test_two_pass_online_pieces_are_the_first_pass_alone():
+    """The second pass ends the segment before the slow first pass has said anything: its text
+    is the offline result, never sent again as an online piece."""
+    with running(make_server([ToneAsr("slow", delay=0.5), LoudAsr()])) as url:
+        c = await FunasrClient.connect(url, "/?model=slow%2Bloud")
+        results = await c.transcribe(pcm16(tone_audio("hi")), mode="2pass", **NO_VAD)
+    assert funasr_text(results, "2pass-offline") == "HI"
+    assert "hi".startswith(funasr_text(results, "2pass-online"))
 
 
 async def test_8khz_audio(url):

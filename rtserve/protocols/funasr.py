@@ -495,9 +495,10 @@ class FunasrConnection(Connection):
 
     def _online_piece(self, ev: TranscriptUpdate, mode: str) -> None:
         """FunASR's online text never changes once sent: send what the segment's text gained.
-        That is the newly stable text; for a two-pass model, whose first pass is all unstable,
-        the first pass's text (its second pass arrives as the offline result)."""
-        live = ev.stable + ev.unstable if getattr(self.model, "two_pass", False) else ev.stable
+        That is the newly stable text; for a two-pass model, the first pass's text, which is
+        all unstable. Its stable text is the second pass's, which arrives as the offline result
+        (and may come while the first pass has sent little or nothing: it is no online piece)."""
+        live = ev.unstable if getattr(self.model, "two_pass", False) else ev.stable
         sent = self._online.get(ev.segment, "")
         if not live.startswith(sent) or len(live) == len(sent):
             return
