@@ -179,7 +179,7 @@ def main() -> None:
 
     def workload(n: int) -> dict:
         if a.offline:
-            bn = replace(b, concurrency=n)
+            bn = replace(b, concurrency=n, offline_repeats=1)  # one pass, timed below
             return asyncio.run(offline(system, bn, signal, clip_offsets(bn, signal)))
         return asyncio.run(capacity(system, b, signal, n))
 

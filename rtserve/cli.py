@@ -226,6 +226,9 @@ def _bench_asr_flags(work) -> None:
     r.add_argument("--chat-prompt-len", type=int, default=512, help="mixed: chat prompt tokens")
     r.add_argument("--chat-output-len", type=int, default=256, help="mixed: chat output tokens")
     r.add_argument("--concurrency", type=int, default=128, help="offline clips at once")
+    r.add_argument(
+        "--offline-repeats", type=int, default=3, help="offline: timed passes (the median counts)"
+    )
     r.add_argument("--clip-seconds", type=float, default=20.0, help="offline clip length")
     r.add_argument("--token-rate", type=float, default=4.0, help="output tokens per second")
     r.add_argument("--header-tokens", type=int, default=4, help="`language X<asr_text>`")
@@ -401,6 +404,7 @@ def bench_asr(a: argparse.Namespace) -> int:
         chat_prompt_len=a.chat_prompt_len,
         chat_output_len=a.chat_output_len,
         concurrency=a.concurrency,
+        offline_repeats=a.offline_repeats,
         clip_seconds=a.clip_seconds,
         token_rate=a.token_rate,
         header_tokens=a.header_tokens,

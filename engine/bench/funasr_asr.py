@@ -7,8 +7,9 @@ of engine/bench/asr.py's workloads three apply (the others are skipped and liste
   the feed that made a step due to its Partial. Paraformer-streaming steps every 600 ms chunk
   (the chunked policy); Paraformer and SenseVoice re-decode the open segment every 2 s (the
   segment policy).
-- offline: `concurrency` clips of `clip_seconds`, each fed whole and committed at once; audio
-  seconds per second and each clip's final text. On Paraformer-streaming this is the chunked
+- offline: `concurrency` clips of `clip_seconds`, each fed whole and committed at once, in
+  `offline_repeats` passes; audio seconds per second (the median pass) and each clip's final
+  text. On Paraformer-streaming this is the chunked
   path at full speed: every stream's 600 ms chunks in batched steps.
 - baseline: bench/funasr_baseline.py in a subprocess (`--baseline-python`: an interpreter with
   funasr 1.4.16) on the same folder, audio and clips: `generate` over all clips in one batch for
@@ -192,15 +193,9 @@ async def _warm_up(system: FunasrSystem, signal: np.ndarray) -> None:
 async def offline(
     system: FunasrSystem, b: asr.AsrBench, signal: np.ndarray, offsets: list[int]
 ) -> tuple[dict[str, Any], list[str]]:
-    """Every clip fed whole and committed at once: (row, each clip's final text)."""
-    clip = int(b.clip_seconds * SAMPLE_RATE)
-    finals, wall = await asr.run_clips(system, b, signal, offsets)
-    row = {
-        "concurrency": len(offsets),
-        "clip_seconds": clip / SAMPLE_RATE,
-        "seconds": wall,
-        "audio_s_per_s": len(offsets) * clip / SAMPLE_RATE / wall,
-    }
+    """Every clip fed whole and committed at once, `offline_repeats` times (engine/bench/asr.py's
+    `timed_passes`): (row, each clip's final text)."""
+    row, finals = await asr.timed_passes(system, b, signal, offsets)
     return row, [f.text for f in finals]
 
 
