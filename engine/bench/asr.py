@@ -31,9 +31,8 @@ Workloads (`--workloads`, default all but wire):
   is loaded after the ASR engine sized its KV cache (on a GPU, 85% of the free memory): it gets
   the rest, so keep it small (Qwen3-0.6B: ~1.2 GB of weights and ~3 GB of KV at 32 streams).
 - offline: `concurrency` clips of `clip_seconds`, each fed whole and committed at once, in
-  `offline_repeats` passes: audio seconds transcribed per wall second, of the median pass (one
-  pass takes under a second on the H200, and single passes ranged 2,746-3,697x: the first pass
-  at a size also pays its shapes' first-time costs).
+  `offline_repeats` passes: audio seconds transcribed per wall second, of the median pass (a
+  pass takes under a second on the H200, and single passes ranged 2,746-3,697x).
 - baseline: qwen-asr's transformers backend in a subprocess (`bench/qwen_asr_baseline.py`, run
   by `baseline_python`: it needs transformers 4.57.6, which this environment never has), on the
   same weights (a released-layout checkpoint written for it), the same audio and the same output

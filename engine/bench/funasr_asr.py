@@ -9,8 +9,8 @@ of engine/bench/asr.py's workloads three apply (the others are skipped and liste
   segment policy).
 - offline: `concurrency` clips of `clip_seconds`, each fed whole and committed at once, in
   `offline_repeats` passes; audio seconds per second (the median pass) and each clip's final
-  text. On Paraformer-streaming this is the chunked
-  path at full speed: every stream's 600 ms chunks in batched steps.
+  text. On Paraformer-streaming this is the chunked path at full speed: every stream's 600 ms
+  chunks in batched steps.
 - baseline: bench/funasr_baseline.py in a subprocess (`--baseline-python`: an interpreter with
   funasr 1.4.16) on the same folder, audio and clips: `generate` over all clips in one batch for
   Paraformer and SenseVoice; for Paraformer-streaming, funasr's streaming `generate` per 600 ms
