@@ -198,10 +198,7 @@ class BlockManager:
         if start < 0 or end > len(table) * self.block_size:
             raise ValueError(f"write [{start}, {end}) outside the table; allocate first")
         first, last = start // self.block_size, (end - 1) // self.block_size
-        refs = self.ref_counts
-        if first == last:  # one block: a decode step's write
-            return [first] if refs[table[first]] > 1 else []
-        return [i for i in range(first, last + 1) if refs[table[i]] > 1]
+        return [i for i in range(first, last + 1) if self.ref_counts[table[i]] > 1]
 
     def _take(self, block: int) -> None:
         if self.ref_counts[block] == 0:
